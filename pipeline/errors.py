@@ -1,0 +1,92 @@
+"""The TelexError family, and the one table of error codes users see.
+
+Codes follow Twilio's numbering where one exists, so customers and SREs recognise them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class TelexError(Exception):
+    """Root of every error Telex raises on purpose."""
+
+
+class ConfigError(TelexError):
+    """Settings are missing or invalid."""
+
+
+class BrokerError(TelexError):
+    """The Kafka broker cannot be reached or started."""
+
+
+class DatabaseError(TelexError):
+    """PostgreSQL cannot be reached or started."""
+
+
+class CodecError(TelexError):
+    """A payload cannot be encoded or decoded."""
+
+
+class UnknownSchemaError(CodecError):
+    """A payload names a schema (fingerprint or registry id) that we do not know."""
+
+
+class SchemaViolationError(CodecError):
+    """A record does not match its schema."""
+
+
+class SchemaMismatchError(CodecError):
+    """A payload decodes, but under another schema than the caller expected (wrong topic wiring)."""
+
+
+class RegistryError(TelexError):
+    """The schema registry failed or refused a request.
+
+    Not a CodecError on purpose: the payload is not at fault, so callers retry or stop instead of
+    dead-lettering the record.
+    """
+
+
+class TopicError(TelexError):
+    """A topic is unknown, or creating or configuring it failed."""
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorCode:
+    code: int
+    title: str
+    retryable: bool
+
+
+_CODES = (
+    ErrorCode(21211, "Invalid 'To' phone number", False),
+    ErrorCode(21408, "Region not enabled for sending", False),
+    ErrorCode(21606, "'From' is not a valid message-capable sender for this channel", False),
+    ErrorCode(21611, "'From' has too many queued messages", True),
+    ErrorCode(21614, "'To' is not a mobile number", False),
+    ErrorCode(21617, "Body exceeds the channel's length limit", False),
+    ErrorCode(21619, "A text body or media URL is required", False),
+    ErrorCode(21620, "Invalid media URL", False),
+    ErrorCode(21624, "Invalid validity period (must be 1-36000 s)", False),
+    ErrorCode(21625, "Invalid send-at time", False),
+    ErrorCode(21626, "Unsupported channel", False),
+    ErrorCode(21627, "Invalid status callback URL", False),
+    ErrorCode(21656, "Idempotency key reused with different content", False),
+    ErrorCode(30001, "Queue overflow", True),
+    ErrorCode(30003, "Unreachable destination handset", True),
+    ErrorCode(30005, "Unknown destination handset", False),
+    ErrorCode(30007, "Message filtered by carrier", False),
+    ErrorCode(30008, "Unknown error", True),
+    ErrorCode(30017, "Carrier network congestion", True),
+    ErrorCode(30036, "Validity period expired", False),
+    ErrorCode(30500, "Internal error", True),
+)
+
+ERROR_CODES: dict[int, ErrorCode] = {c.code: c for c in _CODES}
+
+
+def error_title(code: int) -> str:
+    """Human-readable title of ``code``; unknown codes are reported, not hidden."""
+    known = ERROR_CODES.get(code)
+    return known.title if known else f"Unknown error code {code}"

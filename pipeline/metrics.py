@@ -1,0 +1,41 @@
+"""Prometheus metrics shared by every stage, labelled by stage so one dashboard fits all."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+RECORDS = Counter(
+    "telex_stage_records_total",
+    "Records a stage finished, by outcome (accepted, duplicate, conflict, rejected, ...).",
+    ["stage", "outcome"],
+)
+REJECTED = Counter(
+    "telex_stage_rejected_total",
+    "Messages a stage ended as failed, by user-facing error code.",
+    ["stage", "code"],
+)
+DEAD_LETTERS = Counter(
+    "telex_dead_letters_total",
+    "Records routed to a dead-letter topic, by stage and error class.",
+    ["stage", "error_class"],
+)
+RETRIES = Counter(
+    "telex_retries_total", "Records sent to a retry topic, by stage and attempt.",
+    ["stage", "attempt"],
+)
+PROCESSING_SECONDS = Histogram(
+    "telex_stage_processing_seconds",
+    "Time a stage spends deciding one record (excludes waiting for input).",
+    ["stage"],
+    buckets=(0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0),
+)
+END_TO_END_SECONDS = Histogram(
+    "telex_stage_event_age_seconds",
+    "Age of a record (now minus its Kafka timestamp) when a stage finished it.",
+    ["stage"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 300),
+)
+CONSUMER_LAG = Gauge(
+    "telex_consumer_lag_records", "Records behind the partition end, per stage and partition.",
+    ["stage", "topic", "partition"],
+)

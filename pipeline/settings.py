@@ -1,0 +1,160 @@
+"""The one frozen settings object, read from environment variables.
+
+Every Kafka client in Telex (confluent-kafka producers, admin clients, Quix Streams apps) gets its
+connection options from :meth:`Settings.kafka_config`, so SASL/TLS is configured in one place.
+Secrets are ``SecretStr``: they never appear in ``repr``, logs or ``telex`` output.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pipeline.errors import ConfigError
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"]
+
+
+class Settings(BaseSettings):
+    """Telex configuration. Field docs name the environment variable and the default."""
+
+    model_config = SettingsConfigDict(frozen=True, populate_by_name=True, extra="ignore")
+
+    kafka_bootstrap_servers: str = Field(
+        "127.0.0.1:9092",
+        validation_alias="KAFKA_BOOTSTRAP_SERVERS",
+        description="KAFKA_BOOTSTRAP_SERVERS: comma-separated host:port list.",
+    )
+    kafka_security_protocol: SecurityProtocol = Field(
+        "PLAINTEXT", validation_alias="KAFKA_SECURITY_PROTOCOL",
+        description="KAFKA_SECURITY_PROTOCOL: PLAINTEXT (default), SSL, SASL_PLAINTEXT, SASL_SSL.",
+    )
+    kafka_sasl_mechanism: SaslMechanism | None = Field(
+        None, validation_alias="KAFKA_SASL_MECHANISM",
+        description="KAFKA_SASL_MECHANISM: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER.",
+    )
+    kafka_sasl_username: str | None = Field(None, validation_alias="KAFKA_SASL_USERNAME")
+    kafka_sasl_password: SecretStr | None = Field(None, validation_alias="KAFKA_SASL_PASSWORD")
+    kafka_ssl_ca_location: str | None = Field(None, validation_alias="KAFKA_SSL_CA_LOCATION")
+    kafka_ssl_certificate_location: str | None = Field(
+        None, validation_alias="KAFKA_SSL_CERTIFICATE_LOCATION"
+    )
+    kafka_ssl_key_location: str | None = Field(None, validation_alias="KAFKA_SSL_KEY_LOCATION")
+    kafka_ssl_key_password: SecretStr | None = Field(
+        None, validation_alias="KAFKA_SSL_KEY_PASSWORD"
+    )
+    schema_registry_url: str | None = Field(
+        None, validation_alias="SCHEMA_REGISTRY_URL",
+        description="SCHEMA_REGISTRY_URL: use the Confluent wire format instead of "
+        "Avro single-object encoding.",
+    )
+    database_url: SecretStr | None = Field(
+        None, validation_alias="DATABASE_URL",
+        description="DATABASE_URL: PostgreSQL URL for the status sink (may hold a password).",
+    )
+    topic_prefix: str = Field(
+        "telex.", validation_alias="TELEX_TOPIC_PREFIX",
+        description="TELEX_TOPIC_PREFIX: prefix of every topic name (default 'telex.').",
+    )
+    partitions: int = Field(
+        6, ge=1, le=1024, validation_alias="TELEX_PARTITIONS",
+        description="TELEX_PARTITIONS: partitions of every message-keyed topic (co-partitioned).",
+    )
+    replication_factor: int = Field(
+        1, ge=1, le=10, validation_alias="TELEX_REPLICATION_FACTOR",
+        description="TELEX_REPLICATION_FACTOR: 1 on the local broker, 3 in production.",
+    )
+    metrics_port: int = Field(
+        0, ge=0, le=65535, validation_alias="TELEX_METRICS_PORT",
+        description="TELEX_METRICS_PORT: Prometheus endpoint port of a worker; 0 disables it.",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", validation_alias="TELEX_LOG_LEVEL"
+    )
+    state_dir: str = Field(
+        "state", validation_alias="TELEX_STATE_DIR",
+        description="TELEX_STATE_DIR: local RocksDB state of stage workers (rebuilt from "
+        "changelogs when lost).",
+    )
+    commit_interval_s: float = Field(
+        0.2, gt=0, le=60, validation_alias="TELEX_COMMIT_INTERVAL_S",
+        description="TELEX_COMMIT_INTERVAL_S: checkpoint period of stage workers; outputs become "
+        "durable and offsets committed at each checkpoint, so it bounds added latency.",
+    )
+    senders_file: str | None = Field(
+        None, validation_alias="TELEX_SENDERS_FILE",
+        description="TELEX_SENDERS_FILE: JSON list of registered senders; the demo registry "
+        "when unset.",
+    )
+    dedup_window_s: int = Field(
+        86_400, ge=60, validation_alias="TELEX_DEDUP_WINDOW_S",
+        description="TELEX_DEDUP_WINDOW_S: how long an idempotency key is remembered (24 h).",
+    )
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _bootstrap_not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must name at least one host:port")
+        return value.strip()
+
+    def kafka_config(self) -> dict[str, str]:
+        """librdkafka connection options shared by every client (no client-specific tuning)."""
+        conf: dict[str, str] = {
+            "bootstrap.servers": self.kafka_bootstrap_servers,
+            "security.protocol": self.kafka_security_protocol,
+        }
+        optional = {
+            "sasl.mechanism": self.kafka_sasl_mechanism,
+            "sasl.username": self.kafka_sasl_username,
+            "sasl.password": _reveal(self.kafka_sasl_password),
+            "ssl.ca.location": self.kafka_ssl_ca_location,
+            "ssl.certificate.location": self.kafka_ssl_certificate_location,
+            "ssl.key.location": self.kafka_ssl_key_location,
+            "ssl.key.password": _reveal(self.kafka_ssl_key_password),
+        }
+        conf.update({k: v for k, v in optional.items() if v is not None})
+        return conf
+
+    def producer_config(self) -> dict[str, str | int | bool]:
+        """Producer options: idempotent, acks=all, batched (never one round trip per record)."""
+        return {
+            **self.kafka_config(),
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+            "compression.type": "lz4",
+        }
+
+    def topic(self, name: str) -> str:
+        """Full topic name of catalogue entry ``name``."""
+        return f"{self.topic_prefix}{name}"
+
+    def redacted(self) -> dict[str, object]:
+        """Settings as a dict safe to print or log (secrets masked)."""
+        return {
+            k: ("***" if isinstance(v, SecretStr) else v)
+            for k, v in self.model_dump().items()
+        }
+
+
+def _reveal(secret: SecretStr | None) -> str | None:
+    return None if secret is None else secret.get_secret_value()
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment (plus ``overrides``), raising ConfigError if invalid."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise ConfigError(f"invalid Telex settings: {exc}") from exc
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings, read once."""
+    return load_settings()

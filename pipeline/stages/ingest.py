@@ -1,0 +1,198 @@
+"""Ingest stage: validate a message request, de-duplicate it by idempotency key, accept it.
+
+Decision (pure, :func:`decide`): what a request becomes given what the dedup store remembers.
+Wiring (:class:`IngestStage`, :func:`build_app`): decode, run the decision, store, emit.
+
+Outputs, all keyed by message id:
+- ``message-accepted``  MessageAccepted, for a new valid request;
+- ``delivery-status``   DeliveryStatus ``accepted``/``scheduled`` (sequence 0), or ``failed``
+                        with its code for a request that fails validation;
+- ``request-rejections`` RequestRejected for a key reused with different content (21656);
+- ``dlq-ingest``        the raw record, with provenance headers, when it cannot be decoded.
+Identical repeats emit nothing.
+
+Delivery guarantee: at-least-once with an idempotent downstream. Outputs and the dedup store's
+changelog are produced, then flushed, then input offsets are committed (Quix checkpoint). A crash
+between flush and commit replays the uncommitted records; the store is recovered only up to the
+committed offsets, so they are judged NEW again and re-emitted with the same message id: at most
+one checkpoint interval of duplicates, which dispatch absorbs through its journal keyed by
+message id.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import structlog
+from quixstreams import Application
+from quixstreams.context import message_context
+from quixstreams.state import State
+
+from pipeline.codec import AvroCodec
+from pipeline.errors import error_title
+from pipeline.metrics import DEAD_LETTERS, PROCESSING_SECONDS, RECORDS, REJECTED
+from pipeline.runtime.app import Guarantee, Out, input_topic, make_app, output_topics, route_outputs
+from pipeline.runtime.deadletter import Provenance, dead_letter_headers
+from pipeline.senders import SenderRegistry, load_registry
+from pipeline.settings import Settings
+from pipeline.stages.dedup_decision import CONFLICT_CODE, Seen, Verdict
+from pipeline.stages.dedup_decision import decide as dedup
+from pipeline.stages.validate import Rejection, Valid, request_hash, validate
+
+STAGE = "ingest"
+IN_TOPIC = "message-requested"
+OUT_TOPICS = ("message-accepted", "delivery-status", "request-rejections", "dlq-ingest")
+_STATE_KEY = "seen"
+
+log = structlog.get_logger("telex.ingest")
+
+
+@dataclass(frozen=True, slots=True)
+class Emit:
+    topic: str
+    schema: str
+    record: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    verdict: Verdict
+    outcome: str  # accepted | scheduled | rejected | duplicate | conflict
+    emits: list[Emit] = field(default_factory=list)
+    store: Seen | None = None  # what to remember, when it changes
+    code: int | None = None
+
+
+def _status(req: Mapping[str, Any], status: str, now_ms: int, **extra: Any) -> Emit:
+    return Emit("delivery-status", "delivery_status", {
+        "message_id": req["message_id"], "account_id": req["account_id"],
+        "channel": req["channel"], "status": status, "sequence": 0,
+        "event_time_ms": now_ms, "recorded_at_ms": now_ms, "error_code": None,
+        "error_reason": None, "carrier_message_id": None, "connector": None,
+        "segments": None, "trace_id": req.get("trace_id"), **extra,
+    })
+
+
+def decide(
+    req: Mapping[str, Any],
+    seen: Seen | None,
+    *,
+    senders: SenderRegistry,
+    window_ms: int,
+    event_ms: int,
+    now_ms: int,
+) -> Decision:
+    """What a decoded MessageRequested becomes, given the dedup store's entry for its id."""
+    checked = validate(req, senders)
+    content = checked.content_hash if isinstance(checked, Valid) else request_hash(req)
+    verdict = dedup(seen, content, event_ms, window_ms)
+
+    if verdict is Verdict.DUPLICATE:
+        return Decision(verdict, "duplicate")
+    if verdict is Verdict.CONFLICT:
+        assert seen is not None
+        return Decision(verdict, "conflict", [Emit("request-rejections", "request_rejected", {
+            "message_id": req["message_id"], "account_id": req["account_id"],
+            "idempotency_key": req["idempotency_key"], "content_hash": content,
+            "original_content_hash": seen.content_hash, "error_code": CONFLICT_CODE,
+            "error_reason": error_title(CONFLICT_CODE), "requested_at_ms": req["requested_at_ms"],
+            "rejected_at_ms": now_ms, "trace_id": req.get("trace_id"),
+        })], code=CONFLICT_CODE)
+
+    if isinstance(checked, Rejection):
+        return Decision(
+            verdict, "rejected",
+            [_status(req, "failed", now_ms, error_code=checked.code, error_reason=checked.reason)],
+            Seen(content, event_ms, "rejected"), checked.code,
+        )
+
+    accepted = {
+        **{k: req.get(k) for k in (
+            "message_id", "account_id", "idempotency_key", "channel", "body",
+            "status_callback_url", "send_at_ms", "requested_at_ms", "trace_id", "client")},
+        "media_urls": list(req.get("media_urls") or []),
+        "metadata": dict(req.get("metadata") or {}),
+        "sender": checked.sender, "recipient": checked.recipient,
+        "validity_period_s": checked.validity_period_s, "accepted_at_ms": now_ms,
+        "expires_at_ms": checked.expires_at_ms, "encoding": str(checked.encoding),
+        "segments": checked.segments, "content_hash": content, "attempt": 0,
+    }
+    status = "scheduled" if req.get("send_at_ms") else "accepted"
+    return Decision(
+        verdict, status,
+        [Emit("message-accepted", "message_accepted", accepted),
+         _status(req, status, now_ms, segments=checked.segments)],
+        Seen(content, event_ms, "accepted"),
+    )
+
+
+class IngestStage:
+    """Feeds the decision from a Quix Streams dataframe; never raises on a bad record."""
+
+    def __init__(self, settings: Settings, senders: SenderRegistry, codec: AvroCodec) -> None:
+        self._codec = codec
+        self._senders = senders
+        self._window_ms = settings.dedup_window_s * 1000
+        self._ttl = timedelta(seconds=settings.dedup_window_s)
+
+    def process(
+        self, value: bytes, key: str | None, timestamp: int, headers: Any, state: State
+    ) -> list[Out]:
+        started = time.perf_counter()
+        now_ms = int(time.time() * 1000)
+        try:
+            req = self._codec.decode(value, expected="message_requested")
+            if key != req["message_id"]:
+                # Dedup state is scoped by record key: any other key would dedup this message
+                # against nothing (and on the wrong partition), so refuse it.
+                raise ValueError(f"record key {key!r} is not its message id")
+            seen = Seen.from_state(state.get(_STATE_KEY))
+            decision = decide(req, seen, senders=self._senders, window_ms=self._window_ms,
+                              event_ms=timestamp, now_ms=now_ms)
+            outs = [Out(e.topic, req["message_id"], self._codec.encode(e.schema, e.record))
+                    for e in decision.emits]
+        except Exception as exc:  # every failure is routed, counted and logged, never raised
+            return [self._dead_letter(value, key, timestamp, headers, exc, now_ms)]
+        if decision.store is not None:
+            state.set(_STATE_KEY, decision.store.to_state(), ttl=self._ttl)
+        RECORDS.labels(STAGE, decision.outcome).inc()
+        if decision.code is not None:
+            REJECTED.labels(STAGE, str(decision.code)).inc()
+        PROCESSING_SECONDS.labels(STAGE).observe(time.perf_counter() - started)
+        if decision.outcome in ("rejected", "conflict", "duplicate"):
+            log.info("request_" + decision.outcome, message_id=req["message_id"],
+                     code=decision.code, trace_id=req.get("trace_id"))
+        return outs
+
+    def _dead_letter(
+        self, value: bytes, key: str | None, timestamp: int, headers: Any,
+        exc: Exception, now_ms: int,
+    ) -> Out:
+        ctx = message_context()
+        prov = Provenance(ctx.topic, ctx.partition, ctx.offset, timestamp)
+        DEAD_LETTERS.labels(STAGE, type(exc).__name__).inc()
+        log.warning("dead_lettered", stage=STAGE, topic=ctx.topic, partition=ctx.partition,
+                    offset=ctx.offset, error_class=type(exc).__name__, error=str(exc))
+        return Out("dlq-ingest", key or "", value or b"",
+                   dead_letter_headers(headers, prov, STAGE, exc, now_ms, key))
+
+
+def build_app(
+    settings: Settings,
+    *,
+    senders: SenderRegistry | None = None,
+    guarantee: Guarantee = "at-least-once",
+    consumer_group: str = "telex-ingest",
+) -> Application:
+    """The ingest worker's Quix Streams application."""
+    app = make_app(settings, consumer_group, guarantee=guarantee)
+    stage = IngestStage(settings, senders or load_registry(settings.senders_file),
+                        AvroCodec.from_settings(settings))
+    sdf = app.dataframe(input_topic(app, settings, IN_TOPIC))
+    sdf = sdf.apply(stage.process, stateful=True, metadata=True, expand=True)
+    route_outputs(sdf, output_topics(app, settings, OUT_TOPICS))
+    return app

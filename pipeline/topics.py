@@ -1,0 +1,209 @@
+"""The topic catalogue: every Telex topic, its partitions and its configuration, in one place.
+
+Message-keyed topics share one partition count so that stages stay co-partitioned: the state a
+stage keeps for a message id lives on the same partition number as the records about it.
+State, journals and latest-status topics are compacted (the latest value per key is the truth);
+streams, retry topics and dead letters are retained by time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewTopic,
+    ResourceType,
+)
+
+from pipeline.errors import TopicError
+from pipeline.settings import Settings
+
+DAY_MS = 86_400_000
+
+STREAM = "stream"
+COMPACTED = "compacted"
+
+# Stages that own a dead-letter topic, in pipeline order.
+STAGES = ("ingest", "dedup", "ratelimit", "dispatch", "retry", "reconcile", "callbacks")
+
+# Backoff delays of the dispatch retry topics (issue: carrier dispatch); one topic per delay so
+# that a consumer of a topic never waits behind a record that is due later than its own.
+RETRY_DELAYS_S = (5, 30, 120, 600, 1800)
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """What a topic must look like on the broker."""
+
+    name: str
+    kind: str
+    partitions: int
+    replication: int
+    configs: dict[str, str] = field(default_factory=dict)
+    description: str = ""
+
+
+def _stream(retention_days: float) -> dict[str, str]:
+    return {"cleanup.policy": "delete", "retention.ms": str(int(retention_days * DAY_MS))}
+
+
+def _compacted() -> dict[str, str]:
+    # min.compaction.lag keeps recent history readable for `telex trace`; delete.retention lets
+    # tombstones reach every state consumer before they vanish.
+    return {
+        "cleanup.policy": "compact",
+        "min.compaction.lag.ms": str(60 * 60 * 1000),
+        "delete.retention.ms": str(DAY_MS),
+    }
+
+
+def catalogue(settings: Settings) -> list[TopicSpec]:
+    """Every topic Telex needs, named with the configured prefix."""
+    parts = settings.partitions
+    rf = settings.replication_factor
+    min_isr = str(max(1, min(2, rf - 1)))
+
+    def spec(name: str, kind: str, configs: dict[str, str], description: str) -> TopicSpec:
+        full = {**configs, "min.insync.replicas": min_isr}
+        return TopicSpec(settings.topic(name), kind, parts, rf, full, description)
+
+    specs = [
+        spec("message-requested", STREAM, _stream(7),
+             "MessageRequested from the SDK / REST front door; key = message id"),
+        spec("message-accepted", STREAM, _stream(7),
+             "MessageAccepted: validated, de-duplicated; key = message id"),
+        spec("request-rejections", STREAM, _stream(30),
+             "RequestRejected: idempotency key reused with other content; key = message id"),
+        spec("ratelimit-deferrals", STREAM, _stream(7),
+             "RateLimitDeferral: why and until when a message waits; key = message id"),
+        spec("dispatch-journal", COMPACTED, _compacted(),
+             "DispatchJournalEntry: ATTEMPTING / SUBMITTED / FAILED; key = message id"),
+        spec("carrier-receipts", STREAM, _stream(7),
+             "CarrierReceipt from SMPP deliver_sm and HTTP webhooks; key = connector:carrier id"),
+        spec("receipts-unmatched", STREAM, _stream(30),
+             "CarrierReceipt that matched no journal entry within its TTL"),
+        spec("delivery-status", STREAM, _stream(30),
+             "DeliveryStatus history, every transition; key = message id"),
+        spec("delivery-status-latest", COMPACTED, _compacted(),
+             "DeliveryStatus, latest per message; key = message id"),
+        spec("dlq-parked", STREAM, _stream(30),
+             "DeadLetterEnvelope of records that failed again after a replay"),
+    ]
+    specs += [
+        spec(f"dispatch-retry-{delay}s", STREAM, _stream(2),
+             f"MessageAccepted waiting {delay} s before another dispatch attempt")
+        for delay in RETRY_DELAYS_S
+    ]
+    specs += [
+        spec(f"dlq-{stage}", STREAM, _stream(30),
+             f"DeadLetterEnvelope: records the {stage} stage could not process")
+        for stage in STAGES
+    ]
+    return specs
+
+
+def find(settings: Settings, name: str) -> TopicSpec:
+    """Catalogue entry by short or full name."""
+    for spec in catalogue(settings):
+        if name in (spec.name, spec.name.removeprefix(settings.topic_prefix)):
+            return spec
+    raise TopicError(f"unknown topic {name!r}: not in the Telex catalogue")
+
+
+@dataclass(slots=True)
+class ApplyReport:
+    """What ``apply_topics`` did; a second run on an unchanged catalogue reports no changes."""
+
+    created: list[str] = field(default_factory=list)
+    updated: dict[str, dict[str, str]] = field(default_factory=dict)
+    unchanged: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.created or self.updated)
+
+
+def admin_client(settings: Settings) -> AdminClient:
+    return AdminClient(settings.kafka_config())
+
+
+def apply_topics(
+    admin: AdminClient, specs: Iterable[TopicSpec], timeout: float = 30.0
+) -> ApplyReport:
+    """Create missing topics and set drifted configs; idempotent.
+
+    Partition counts are checked, never changed: adding partitions to a keyed topic moves keys to
+    other partitions and breaks co-partitioned state, so drift is an error for a human to decide.
+    """
+    specs = list(specs)
+    report = ApplyReport()
+    try:
+        existing = admin.list_topics(timeout=timeout).topics
+    except KafkaException as exc:
+        raise TopicError(f"cannot list topics: {exc}") from exc
+
+    missing = [s for s in specs if s.name not in existing]
+    if missing:
+        futures = admin.create_topics(
+            [NewTopic(s.name, s.partitions, s.replication, config=s.configs) for s in missing],
+            operation_timeout=timeout,
+        )
+        for name, fut in futures.items():
+            try:
+                fut.result(timeout)
+            except KafkaException as exc:
+                if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
+                    raise TopicError(f"cannot create topic {name}: {exc}") from exc
+            report.created.append(name)
+
+    present = [s for s in specs if s.name in existing]
+    for s in present:
+        have = len(existing[s.name].partitions)
+        if have != s.partitions:
+            raise TopicError(
+                f"topic {s.name} has {have} partitions, the catalogue says {s.partitions}; "
+                "changing it would move keys away from their state: migrate deliberately"
+            )
+    if present:
+        current = describe_configs(admin, [s.name for s in present], timeout)
+        for s in present:
+            drift = {k: v for k, v in s.configs.items() if current[s.name].get(k) != v}
+            if drift:
+                _alter(admin, s.name, drift, timeout)
+                report.updated[s.name] = drift
+            else:
+                report.unchanged.append(s.name)
+    return report
+
+
+def describe_configs(
+    admin: AdminClient, names: list[str], timeout: float = 30.0
+) -> dict[str, dict[str, str]]:
+    """Current configs of topics, as plain strings."""
+    resources = [ConfigResource(ResourceType.TOPIC, n) for n in names]
+    out: dict[str, dict[str, str]] = {}
+    for res, fut in admin.describe_configs(resources, request_timeout=timeout).items():
+        try:
+            entries = fut.result(timeout)
+        except KafkaException as exc:
+            raise TopicError(f"cannot describe topic {res.name}: {exc}") from exc
+        out[res.name] = {k: e.value for k, e in entries.items() if e.value is not None}
+    return out
+
+
+def _alter(admin: AdminClient, name: str, changes: dict[str, str], timeout: float) -> None:
+    entries = [
+        ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in changes.items()
+    ]
+    res = ConfigResource(ResourceType.TOPIC, name, incremental_configs=entries)
+    for fut in admin.incremental_alter_configs([res], request_timeout=timeout).values():
+        try:
+            fut.result(timeout)
+        except KafkaException as exc:
+            raise TopicError(f"cannot update configs of {name}: {exc}") from exc

@@ -1,0 +1,50 @@
+"""Settings: environment, librdkafka translation, secrets."""
+
+import pytest
+
+from pipeline.errors import ConfigError
+from pipeline.settings import load_settings
+
+
+def test_reads_environment(monkeypatch: pytest.MonkeyPatch):
+    """Environment variables set the fields they document."""
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "10.1.2.3:9093")
+    monkeypatch.setenv("TELEX_PARTITIONS", "12")
+    s = load_settings()
+    assert s.kafka_bootstrap_servers == "10.1.2.3:9093"
+    assert s.partitions == 12
+
+
+def test_sasl_tls_options_reach_librdkafka():
+    """SASL/TLS settings become librdkafka options; unset ones are omitted."""
+    s = load_settings(
+        kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="SCRAM-SHA-512",
+        kafka_sasl_username="telex", kafka_sasl_password="s3cret",
+        kafka_ssl_ca_location="/etc/ca.pem",
+    )
+    conf = s.kafka_config()
+    assert conf["security.protocol"] == "SASL_SSL"
+    assert conf["sasl.mechanism"] == "SCRAM-SHA-512"
+    assert conf["sasl.password"] == "s3cret"
+    assert conf["ssl.ca.location"] == "/etc/ca.pem"
+    assert "ssl.key.password" not in conf
+
+
+def test_secrets_never_printed():
+    """repr and redacted() never show a secret."""
+    s = load_settings(kafka_sasl_password="s3cret", database_url="postgresql://u:pw@h/db")
+    assert "s3cret" not in repr(s) and "pw@" not in repr(s)
+    assert "s3cret" not in str(s.redacted()) and "pw@" not in str(s.redacted())
+
+
+def test_producer_is_idempotent_with_acks_all():
+    """Every Telex producer uses idempotence and acks=all."""
+    conf = load_settings().producer_config()
+    assert conf["enable.idempotence"] is True
+    assert conf["acks"] == "all"
+
+
+def test_invalid_value_is_a_config_error():
+    """A bad value is reported as ConfigError naming the field."""
+    with pytest.raises(ConfigError, match="partitions"):
+        load_settings(partitions=0)
