@@ -8,6 +8,7 @@ streams, retry topics and dead letters are retained by time.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -149,6 +150,7 @@ def apply_topics(
         raise TopicError(f"cannot list topics: {exc}") from exc
 
     missing = [s for s in specs if s.name not in existing]
+    already: set[str] = set()
     if missing:
         futures = admin.create_topics(
             [NewTopic(s.name, s.partitions, s.replication, config=s.configs) for s in missing],
@@ -157,12 +159,16 @@ def apply_topics(
         for name, fut in futures.items():
             try:
                 fut.result(timeout)
+                report.created.append(name)
             except KafkaException as exc:
                 if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
                     raise TopicError(f"cannot create topic {name}: {exc}") from exc
-            report.created.append(name)
+                already.add(name)  # created concurrently: check it like any existing topic
+        _await_metadata(admin, report.created, timeout)
+        if already:
+            existing = admin.list_topics(timeout=timeout).topics
 
-    present = [s for s in specs if s.name in existing]
+    present = [s for s in specs if s.name in existing or s.name in already]
     for s in present:
         have = len(existing[s.name].partitions)
         if have != s.partitions:
@@ -180,6 +186,24 @@ def apply_topics(
             else:
                 report.unchanged.append(s.name)
     return report
+
+
+def _await_metadata(admin: AdminClient, names: list[str], timeout: float) -> None:
+    """Return once every created topic shows in metadata with its leaders, so whoever runs
+    next (a worker, a second apply) sees the catalogue in place."""
+    deadline = time.monotonic() + timeout
+    pending = set(names)
+    while pending:
+        topics = admin.list_topics(timeout=timeout).topics
+        pending = {
+            n for n in pending
+            if n not in topics or topics[n].error is not None
+            or any(p.leader < 0 for p in topics[n].partitions.values())
+        }
+        if pending and time.monotonic() > deadline:
+            raise TopicError(f"topics not visible after creation: {sorted(pending)}")
+        if pending:
+            time.sleep(0.05)  # metadata propagation; bounded by the deadline above
 
 
 def describe_configs(
@@ -207,3 +231,13 @@ def _alter(admin: AdminClient, name: str, changes: dict[str, str], timeout: floa
             fut.result(timeout)
         except KafkaException as exc:
             raise TopicError(f"cannot update configs of {name}: {exc}") from exc
+    # The change travels through the controller's metadata log: return once the broker
+    # serves it, so the report never claims what a reader cannot see yet.
+    deadline = time.monotonic() + timeout
+    while True:
+        now = describe_configs(admin, [name], timeout)[name]
+        if all(now.get(k) == v for k, v in changes.items()):
+            return
+        if time.monotonic() > deadline:
+            raise TopicError(f"configs of {name} not visible after update: {changes}")
+        time.sleep(0.05)  # bounded by the deadline above

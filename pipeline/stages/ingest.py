@@ -163,9 +163,11 @@ class IngestStage:
         if decision.code is not None:
             REJECTED.labels(STAGE, str(decision.code)).inc()
         PROCESSING_SECONDS.labels(STAGE).observe(time.perf_counter() - started)
-        if decision.outcome in ("rejected", "conflict", "duplicate"):
+        if decision.outcome in ("rejected", "conflict"):
             log.info("request_" + decision.outcome, message_id=req["message_id"],
                      code=decision.code, trace_id=req.get("trace_id"))
+        elif decision.outcome == "duplicate":
+            log.debug("request_duplicate", message_id=req["message_id"])
         return outs
 
     def _dead_letter(
@@ -186,10 +188,10 @@ def build_app(
     *,
     senders: SenderRegistry | None = None,
     guarantee: Guarantee = "at-least-once",
-    consumer_group: str = "telex-ingest",
+    consumer_group: str | None = None,
 ) -> Application:
-    """The ingest worker's Quix Streams application."""
-    app = make_app(settings, consumer_group, guarantee=guarantee)
+    """The ingest worker's Quix Streams application (group ``<prefix>ingest`` by default)."""
+    app = make_app(settings, consumer_group or settings.topic(STAGE), guarantee=guarantee)
     stage = IngestStage(settings, senders or load_registry(settings.senders_file),
                         AvroCodec.from_settings(settings))
     sdf = app.dataframe(input_topic(app, settings, IN_TOPIC))
