@@ -11,7 +11,6 @@ from __future__ import annotations
 import atexit
 import base64
 import contextlib
-import ctypes
 import fcntl
 import hashlib
 import json
@@ -32,6 +31,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from pipeline.errors import BrokerError
+from pipeline.procutil import die_with_parent, free_ports
 
 __all__ = [
     "KAFKA_VERSION",
@@ -60,7 +60,6 @@ _STOP_KILL_WAIT_S = 10.0
 _POLL_S = 0.1
 _LOG_TAIL_LINES = 30
 _STATE_FILE = "broker.json"
-_PR_SET_PDEATHSIG = 1
 
 log = structlog.get_logger(__name__)
 
@@ -216,36 +215,11 @@ def _java() -> str:
     return java
 
 
-def _free_ports(count: int) -> list[int]:
-    """Ports the kernel calls free now; all sockets are held together so they differ."""
-    with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-
-
 def _cluster_id() -> str:
     while True:  # an id starting with '-' would be parsed by the tool as an option
         cid = base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode()
         if not cid.startswith("-"):
             return cid
-
-
-def _pdeathsig_preexec() -> Callable[[], None]:
-    """preexec_fn making the kernel SIGKILL the JVM when this process dies.
-
-    The signal follows the *thread* that forks, so start such brokers from a long-lived thread.
-    """
-    prctl = ctypes.CDLL(None, use_errno=True).prctl  # loaded before fork, not in the child
-    parent, sigkill = os.getpid(), int(signal.SIGKILL)
-
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, sigkill)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(1)
-
-    return preexec
 
 
 def _is_broker_pid(pid: int, props: Path) -> bool:
@@ -303,7 +277,7 @@ class DevBroker:
     ) -> None:
         self._owns_data_dir = data_dir is None
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="telex-kafka-")).resolve()
-        free = iter(_free_ports(2) if port is None or controller_port is None else ())
+        free = iter(free_ports(2) if port is None or controller_port is None else ())
         self.port = port or next(free)
         self.controller_port = controller_port or next(free)
         self.heap = heap
@@ -510,7 +484,7 @@ class DevBroker:
         if not self.die_with_parent:
             return None
         try:
-            return _pdeathsig_preexec()
+            return die_with_parent(signal.SIGKILL)
         except AttributeError:  # no prctl (not Linux): the atexit hook still applies
             return None
 

@@ -11,16 +11,14 @@ crash processes and must observe exactly what a production server would have kep
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -29,12 +27,12 @@ import psycopg
 from psycopg import sql
 
 from pipeline.errors import DatabaseError
+from pipeline.procutil import die_with_parent, free_ports
 
-__all__ = ["DevPostgres", "die_with_parent", "find_bindir"]
+__all__ = ["DevPostgres", "find_bindir"]
 
 _INSTALL_HINT = "install it with: apt-get install -y postgresql"
 _DEBIAN_ROOT = Path("/usr/lib/postgresql")
-_PR_SET_PDEATHSIG = 1
 _LOG_TAIL_LINES = 20
 # Between readiness probes we block on the server's exit for this long, so a server that dies
 # during start is noticed at once and a starting one is not hammered with connection attempts.
@@ -52,27 +50,6 @@ _SETTINGS: Mapping[str, str] = {
     "shared_buffers": "16MB",
     "logging_collector": "off",
 }
-
-
-def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None]:
-    """Return a ``preexec_fn`` after which the child receives ``sig`` when its parent dies.
-
-    Without it a killed pytest leaves servers behind holding ports and temp dirs. Linux sends the
-    signal when the *thread* that spawned the child exits, so spawn from a long-lived thread (the
-    main thread, for session fixtures). The kernel clears the setting when credentials change;
-    ``subprocess`` applies ``user=`` before ``preexec_fn``, so arming it here is late enough.
-    """
-    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before fork, not in the child
-    parent = os.getpid()
-
-    def arm() -> None:
-        if prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"prctl(PR_SET_PDEATHSIG): {os.strerror(err)}")
-        if os.getppid() != parent:  # the parent died before the signal was armed
-            os.kill(os.getpid(), sig)
-
-    return arm
 
 
 def find_bindir() -> Path:
@@ -255,7 +232,7 @@ class DevPostgres:
     def _launch(self, as_user: dict[str, Any], deadline: float) -> None:
         log_path = self._started_tmp() / "server.log"
         for attempt in range(1, _PORT_ATTEMPTS + 1):
-            self._port = _free_port()
+            self._port = free_ports(1)[0]
             settings = {
                 **self._settings,
                 "listen_addresses": "127.0.0.1",
@@ -339,13 +316,6 @@ def _as_server_user() -> dict[str, Any]:
 def _server_env() -> dict[str, str]:
     # PG* variables (PGDATA, PGPORT, ...) of the caller must not redirect our private cluster.
     return {key: value for key, value in os.environ.items() if not key.startswith("PG")}
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _children(pid: int) -> list[int]:

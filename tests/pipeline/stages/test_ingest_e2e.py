@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import random
 import shutil
+import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from pipeline.codec import AvroCodec
+from pipeline.procutil import free_ports
 from pipeline.sdk import OutboundMessage, TelexProducer, message_id_for
 from pipeline.settings import Settings
 from tests.fixtures.telex import Worker, read_all
@@ -49,7 +54,8 @@ def test_unique_keys_accepted_duplicates_absorbed_conflicts_rejected(
     requests, expected, conflicts = workload(unique=8000, repeats=2000, conflicts=400)
     with TelexProducer(topics) as producer:
         producer.send_batch(requests)
-    w = worker("ingest", topics)
+    port = free_ports(1)[0]
+    w = worker("ingest", topics.model_copy(update={"metrics_port": port}))
 
     accepted = read_all(topics, "message-accepted", until=lambda r: len(r) >= len(expected),
                         timeout=180)
@@ -65,6 +71,24 @@ def test_unique_keys_accepted_duplicates_absorbed_conflicts_rejected(
                 for m in read_all(topics, "delivery-status")]
     assert Counter(s["status"] for s in statuses) == {"accepted": len(expected)}
     assert read_all(topics, "dlq-ingest") == []
+    want = {("telex_stage_records_total", "accepted"): len(expected),
+            ("telex_stage_records_total", "duplicate"): 2000 - len(conflicts),
+            ("telex_stage_records_total", "conflict"): len(conflicts)}
+    deadline = time.monotonic() + 30  # the last repeats may still be in flight: poll
+    while (got := {k: scrape(port).get(k) for k in want}) != want:
+        assert time.monotonic() < deadline, got
+        time.sleep(0.2)
+
+
+def scrape(port: int) -> dict[tuple[str, str], float]:
+    """The ingest stage's record counters from its Prometheus endpoint, by outcome."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    out: dict[tuple[str, str], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.labels.get("stage") == "ingest" and "outcome" in sample.labels:
+                out[(sample.name, sample.labels["outcome"])] = sample.value
+    return out
 
 
 def test_sigkill_mid_stream_accepts_each_unique_key(

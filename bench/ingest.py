@@ -1,0 +1,155 @@
+"""Ingest stage throughput and latency, against a plain consume→produce baseline in the same run.
+
+    python -m bench.ingest [--messages 50000] [--runs 3]
+
+Each run: fresh topics; N unique valid requests preloaded into message-requested; then the
+stage worker (a real process) drains them while a reader timestamps every output as it arrives.
+Throughput = outputs between the first and last arrival / that interval (start-up excluded).
+Prints medians and spreads over runs, CPU seconds per 1,000 messages and peak RSS of the stage
+process. Latency under an open-loop load belongs to the whole-pipeline benchmark (issue 7).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from tempfile import TemporaryDirectory
+
+from confluent_kafka import Consumer
+
+from pipeline.devbroker import DevBroker
+from pipeline.sdk import OutboundMessage, TelexProducer
+from pipeline.settings import Settings, load_settings
+from pipeline.topics import TopicSpec, admin_client, apply_topics, catalogue
+
+REPO = Path(__file__).resolve().parents[1]
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_stats(pid: int) -> tuple[float, int]:
+    """CPU seconds (user+system) and peak RSS in KiB of a live process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    hwm = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text()
+               .splitlines() if line.startswith("VmHWM"))
+    return cpu, hwm
+
+
+def _requests(n: int, tag: str) -> list[OutboundMessage]:
+    return [OutboundMessage(account_id=f"acct-{i % 50}", channel="sms", sender="+14155550100",
+                            recipient="+14155550123", body=f"Your code is {i:06d}",
+                            idempotency_key=f"{tag}-{i}") for i in range(n)]
+
+
+def _drain(settings: Settings, topic: str, expected: int, timeout: float) -> list[float]:
+    """Arrival times of ``expected`` records on ``topic``."""
+    consumer = Consumer({**settings.kafka_config(), "group.id": "bench-" + uuid.uuid4().hex,
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                         "fetch.wait.max.ms": 5, "isolation.level": "read_committed"})
+    consumer.subscribe([topic])
+    arrivals: list[float] = []
+    deadline = time.monotonic() + timeout
+    while len(arrivals) < expected and time.monotonic() < deadline:
+        for m in consumer.consume(1000, 0.1):
+            if m.error() is None:
+                arrivals.append(time.time())
+    consumer.close()
+    if len(arrivals) < expected:
+        raise SystemExit(f"{topic}: only {len(arrivals)}/{expected} records within {timeout}s")
+    return arrivals
+
+
+def _rate(arrivals: list[float]) -> float:
+    span = arrivals[-1] - arrivals[0]
+    return (len(arrivals) - 1) / span if span > 0 else float("inf")
+
+
+def _env(settings: Settings) -> dict[str, str]:
+    return {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+            "TELEX_TOPIC_PREFIX": settings.topic_prefix, "TELEX_STATE_DIR": settings.state_dir,
+            "TELEX_LOG_LEVEL": "WARNING", "TELEX_PARTITIONS": str(settings.partitions)}
+
+
+def _measure(cmd: list[str], settings: Settings, out_topic: str, expected: int
+             ) -> dict[str, float]:
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(settings))
+    try:
+        arrivals = _drain(settings, out_topic, expected, timeout=600)
+        cpu, rss = _proc_stats(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    return {"msg_per_s": _rate(arrivals), "cpu_s_per_1000": cpu / (expected / 1000),
+            "peak_rss_mib": rss / 1024}
+
+
+def _prepare(bootstrap: str, n: int, tmp: Path) -> Settings:
+    """Fresh topics (own prefix) preloaded with ``n`` unique valid requests."""
+    settings = load_settings(kafka_bootstrap_servers=bootstrap,
+                             topic_prefix=f"bench{uuid.uuid4().hex[:8]}.",
+                             state_dir=str(tmp / uuid.uuid4().hex))
+    extra = [TopicSpec(settings.topic(f"baseline-{x}"), "stream", settings.partitions, 1,
+                       {"cleanup.policy": "delete"}) for x in ("a", "b")]
+    apply_topics(admin_client(settings), [*catalogue(settings), *extra])
+    with TelexProducer(settings) as producer:
+        producer.send_batch(_requests(n, settings.topic_prefix))
+    return settings
+
+
+def one_run(bootstrap: str, n: int, tmp: Path) -> dict[str, dict[str, float]]:
+    settings = _prepare(bootstrap, n, tmp)
+    worker = [sys.executable, "-m", "pipeline.cli.main", "worker", "ingest"]
+    baseline = _measure(
+        [sys.executable, "-m", "bench.passthrough", settings.topic("message-requested"),
+         settings.topic("baseline-a"), settings.topic("baseline-b"), settings.topic("baseline")],
+        settings, settings.topic("baseline-a"), n)
+    ingest = _measure(worker, settings, settings.topic("message-accepted"), n)
+    eos = _prepare(bootstrap, n, tmp)
+    ingest_eos = _measure([*worker, "--exactly-once"], eos, eos.topic("message-accepted"), n)
+    return {"baseline": baseline, "ingest": ingest, "ingest_eos": ingest_eos}
+
+
+def _summary(values: list[float]) -> str:
+    med = statistics.median(values)
+    return f"{med:10.1f}  (min {min(values):.1f}, max {max(values):.1f})"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=50_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--json", type=Path, help="also write results to this file")
+    args = parser.parse_args()
+    with TemporaryDirectory(prefix="telex-bench-") as tmp:
+        existing = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+        broker = None if existing else DevBroker(Path(tmp) / "kafka", die_with_parent=True)
+        bootstrap = existing or broker.start()  # type: ignore[union-attr]
+        try:
+            runs = [one_run(bootstrap, args.messages, Path(tmp)) for _ in range(args.runs)]
+        finally:
+            if broker is not None:
+                broker.stop()
+    print(f"\ningest stage vs plain confluent-kafka passthrough, {args.messages} messages, "
+          f"{args.runs} runs, 6 partitions, one process each (median, spread)")
+    for metric in ("msg_per_s", "cpu_s_per_1000", "peak_rss_mib"):
+        for who in ("baseline", "ingest", "ingest_eos"):
+            print(f"  {who:9} {metric:15} {_summary([r[who][metric] for r in runs])}")
+    ratios = {who: [r[who]["msg_per_s"] / r["baseline"]["msg_per_s"] for r in runs]
+              for who in ("ingest", "ingest_eos")}
+    for who, values in ratios.items():
+        print(f"  ratio {who}/baseline msg/s: {statistics.median(values):.3f} "
+              f"(min {min(values):.3f}, max {max(values):.3f})")
+    if args.json:
+        args.json.write_text(json.dumps({"runs": runs, "ratios": ratios}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
