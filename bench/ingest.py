@@ -22,7 +22,7 @@ import uuid
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
-from confluent_kafka import Consumer
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from pipeline.devbroker import DevBroker
 from pipeline.sdk import OutboundMessage, TelexProducer
@@ -43,27 +43,42 @@ def _proc_stats(pid: int) -> tuple[float, int]:
 
 
 def _requests(n: int, tag: str) -> list[OutboundMessage]:
+    """Unique valid requests, each to its own number (no cache can flatter the figures)."""
     return [OutboundMessage(account_id=f"acct-{i % 50}", channel="sms", sender="+14155550100",
-                            recipient="+14155550123", body=f"Your code is {i:06d}",
-                            idempotency_key=f"{tag}-{i}") for i in range(n)]
+                            recipient=f"+1415{200 + i // 10_000 % 800:03d}{i % 10_000:04d}",
+                            body=f"Your code is {i:06d}", idempotency_key=f"{tag}-{i}")
+            for i in range(n)]
 
 
-def _drain(settings: Settings, topic: str, expected: int, timeout: float) -> list[float]:
-    """Arrival times of ``expected`` records on ``topic``."""
-    consumer = Consumer({**settings.kafka_config(), "group.id": "bench-" + uuid.uuid4().hex,
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                         "fetch.wait.max.ms": 5, "isolation.level": "read_committed"})
-    consumer.subscribe([topic])
-    arrivals: list[float] = []
-    deadline = time.monotonic() + timeout
-    while len(arrivals) < expected and time.monotonic() < deadline:
-        for m in consumer.consume(1000, 0.1):
-            if m.error() is None:
-                arrivals.append(time.time())
-    consumer.close()
-    if len(arrivals) < expected:
-        raise SystemExit(f"{topic}: only {len(arrivals)}/{expected} records within {timeout}s")
-    return arrivals
+class _Arrivals:
+    """Reads a topic from the beginning and timestamps each record as it arrives.
+
+    Assigned (no group join) and connected before the process under test starts, so a fast
+    process cannot finish before the reader sees its first record.
+    """
+
+    def __init__(self, settings: Settings, topic: str) -> None:
+        self._consumer = Consumer({
+            **settings.kafka_config(), "group.id": "bench-" + uuid.uuid4().hex,
+            "enable.auto.commit": False, "fetch.wait.max.ms": 5,
+            "isolation.level": "read_committed",
+        })
+        parts = self._consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        self._consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+        self._consumer.consume(1, 0.5)
+        self._topic = topic
+
+    def wait_for(self, expected: int, timeout: float) -> list[float]:
+        arrivals: list[float] = []
+        deadline = time.monotonic() + timeout
+        while len(arrivals) < expected and time.monotonic() < deadline:
+            for m in self._consumer.consume(1000, 0.1):
+                if m.error() is None:
+                    arrivals.append(time.time())
+        self._consumer.close()
+        if len(arrivals) < expected:
+            raise SystemExit(f"{self._topic}: {len(arrivals)}/{expected} records in {timeout}s")
+        return arrivals
 
 
 def _rate(arrivals: list[float]) -> float:
@@ -79,9 +94,10 @@ def _env(settings: Settings) -> dict[str, str]:
 
 def _measure(cmd: list[str], settings: Settings, out_topic: str, expected: int
              ) -> dict[str, float]:
+    reader = _Arrivals(settings, out_topic)
     proc = subprocess.Popen(cmd, cwd=REPO, env=_env(settings))
     try:
-        arrivals = _drain(settings, out_topic, expected, timeout=600)
+        arrivals = reader.wait_for(expected, timeout=600)
         cpu, rss = _proc_stats(proc.pid)
     finally:
         proc.terminate()
@@ -118,7 +134,7 @@ def one_run(bootstrap: str, n: int, tmp: Path) -> dict[str, dict[str, float]]:
 
 def _summary(values: list[float]) -> str:
     med = statistics.median(values)
-    return f"{med:10.1f}  (min {min(values):.1f}, max {max(values):.1f})"
+    return f"{med:10.3f}  (min {min(values):.3f}, max {max(values):.3f})"
 
 
 def main() -> int:

@@ -361,6 +361,10 @@ class AvroCodec:
         if len(self._by_fingerprint) != len(self._entries):
             raise ConfigError(f"two schemas in {directory} share a fingerprint")
         self._by_full_name = {e.full_name: e for e in self._entries.values()}
+        # Versions we wrote before (schemas/previous/*.avsc): records still on the topics in an
+        # older single-object version are read through Avro schema resolution into today's
+        # schema instead of being dead-lettered as unknown.
+        self._previous = _load_previous(directory / PREVIOUS_DIR, self._by_full_name)
         self._registry = registry
         self._registry_headers: dict[str, bytes] = {}
         # schema id -> (entry, writer schema when it differs from ours, else None)
@@ -427,7 +431,12 @@ class AvroCodec:
                     f"single-object payload of {len(data)} bytes is shorter than its "
                     f"{_SINGLE_OBJECT_HEADER_LEN}-byte header"
                 )
-            entry = self._by_fingerprint.get(data[2:_SINGLE_OBJECT_HEADER_LEN])
+            fingerprint = data[2:_SINGLE_OBJECT_HEADER_LEN]
+            entry = self._by_fingerprint.get(fingerprint)
+            if entry is None and fingerprint in self._previous:
+                old, writer = self._previous[fingerprint]
+                origin = " (written with a previous version)"
+                return old.name, _read(data, _SINGLE_OBJECT_HEADER_LEN, old, writer, origin)
             if entry is None:
                 raise UnknownSchemaError(
                     f"unknown schema fingerprint {data[2:_SINGLE_OBJECT_HEADER_LEN].hex()} "
@@ -493,6 +502,27 @@ class AvroCodec:
             resolved = (entry, writer)
         self._registry_ids[schema_id] = resolved
         return resolved
+
+
+PREVIOUS_DIR = "previous"
+
+
+def _load_previous(
+    directory: Path, current: Mapping[str, _Entry]
+) -> dict[bytes, tuple[_Entry, Schema]]:
+    """Fingerprint -> (today's entry, writer schema) for every kept previous version."""
+    out: dict[bytes, tuple[_Entry, Schema]] = {}
+    for path in sorted(directory.glob("*.avsc")) if directory.is_dir() else []:
+        try:
+            raw = json.loads(path.read_text())
+        except ValueError as exc:
+            raise ConfigError(f"cannot read {path}: {exc}") from exc
+        writer = _parse(_strip_logical_types(raw), str(path))
+        entry = current.get(writer.get("name") if isinstance(writer, dict) else None)
+        if entry is None:
+            raise ConfigError(f"{path} is a version of no current schema")
+        out[_fingerprint(_parse(raw, str(path)))] = (entry, writer)
+    return out
 
 
 def _read(

@@ -10,6 +10,7 @@ table.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -74,10 +75,18 @@ def _pack(costs: list[tuple[str, int]], single: int, part: int) -> list[str]:
     return parts
 
 
+_BASIC_ONLY = re.compile("[" + re.escape("".join(sorted(GSM7_BASIC))) + "]*")
+
+
 def segment(body: str | None) -> Segmentation:
     """Choose the encoding of ``body`` and split it into the parts an SMSC will receive."""
     if not body:
         return Segmentation(Encoding.NONE, 0, [])
+    if _BASIC_ONLY.fullmatch(body):  # the common case: one septet per character
+        if len(body) <= GSM7_SINGLE:
+            return Segmentation(Encoding.GSM7, len(body), [body])
+        parts = [body[i:i + GSM7_PART] for i in range(0, len(body), GSM7_PART)]
+        return Segmentation(Encoding.GSM7, len(body), parts)
     costs: list[tuple[str, int]] = []
     for ch in body:
         c = _cost(ch)

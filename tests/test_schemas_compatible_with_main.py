@@ -70,6 +70,26 @@ def test_schema_reads_data_written_with_the_base_branch_version(path: Path) -> N
     assert check_backward(old, json.loads(path.read_text())) == []
 
 
+@pytest.mark.parametrize("path", SCHEMA_FILES, ids=_ids)
+def test_changed_schema_keeps_base_version_readable(path: Path) -> None:
+    """A schema that changed since the base branch keeps that version in schemas/previous/, so
+    single-object records written before the deploy still decode instead of dead-lettering."""
+    old = _base_version(path)
+    if old is None:
+        return
+    old_fp = fastavro.schema.fingerprint(
+        fastavro.schema.to_parsing_canonical_form(fastavro.parse_schema(old)), "CRC-64-AVRO")
+    new_fp = fastavro.schema.fingerprint(fastavro.schema.to_parsing_canonical_form(
+        fastavro.parse_schema(json.loads(path.read_text()))), "CRC-64-AVRO")
+    if old_fp == new_fp:
+        return
+    kept = [json.loads(p.read_text()) for p in (SCHEMA_DIR / "previous").glob("*.avsc")]
+    assert any(
+        fastavro.schema.fingerprint(fastavro.schema.to_parsing_canonical_form(
+            fastavro.parse_schema(k)), "CRC-64-AVRO") == old_fp for k in kept
+    ), f"copy the {BASE_REF} version of {path.name} to schemas/previous/{path.stem}.{old_fp}.avsc"
+
+
 def _commit_on_main(repo: Path, files: dict[str, str]) -> None:
     """Commit ``files`` (under schemas/) as main's only commit, with plumbing commands only."""
     entries = "".join(

@@ -138,6 +138,10 @@ class IngestStage:
         self._senders = senders
         self._window_ms = settings.dedup_window_s * 1000
         self._ttl = timedelta(seconds=settings.dedup_window_s)
+        # Metric children resolved once: labels() per record is a lock and a dict build.
+        self._outcomes = {o: RECORDS.labels(STAGE, o) for o in (
+            "accepted", "scheduled", "rejected", "duplicate", "conflict")}
+        self._latency = PROCESSING_SECONDS.labels(STAGE)
 
     def process(
         self, value: bytes, key: str | None, timestamp: int, headers: Any, state: State
@@ -159,10 +163,10 @@ class IngestStage:
             return [self._dead_letter(value, key, timestamp, headers, exc, now_ms)]
         if decision.store is not None:
             state.set(_STATE_KEY, decision.store.to_state(), ttl=self._ttl)
-        RECORDS.labels(STAGE, decision.outcome).inc()
+        self._outcomes[decision.outcome].inc()
         if decision.code is not None:
             REJECTED.labels(STAGE, str(decision.code)).inc()
-        PROCESSING_SECONDS.labels(STAGE).observe(time.perf_counter() - started)
+        self._latency.observe(time.perf_counter() - started)
         if decision.outcome in ("rejected", "conflict"):
             log.info("request_" + decision.outcome, message_id=req["message_id"],
                      code=decision.code, trace_id=req.get("trace_id"))

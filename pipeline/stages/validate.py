@@ -12,6 +12,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -59,17 +60,28 @@ class _Reject(Exception):
 
 
 def _e164(raw: str) -> str:
-    """Normalise a phone number to E.164; raises _Reject(21211) if it is not a valid number."""
+    """Normalise a phone number to E.164; raises _Reject if it is not a number we send to."""
+    result = _parse_e164(raw)
+    if isinstance(result, Rejection):
+        raise _Reject(result.code, result.reason)
+    return result
+
+
+@lru_cache(maxsize=65_536)
+def _parse_e164(raw: str) -> str | Rejection:
+    """Pure and the costliest check (~30 µs), so repeat recipients are served from a cache."""
     try:
         number = phonenumbers.parse(raw, None)
     except phonenumbers.NumberParseException as exc:
-        reason = f"'To' is not a phone number in E.164 form ({exc.error_type})"
-        raise _Reject(21211, reason) from None
-    if not phonenumbers.is_valid_number(number):
-        raise _Reject(21211, "'To' is not a valid phone number")
-    refused = _REFUSED_TYPES.get(phonenumbers.number_type(number))
+        return Rejection(21211, f"'To' is not a phone number in E.164 form ({exc.error_type})")
+    # number_type is UNKNOWN exactly when is_valid_number is False (both match the number
+    # against its region's patterns); asking once halves the cost.
+    kind = phonenumbers.number_type(number)
+    if kind == PhoneNumberType.UNKNOWN:
+        return Rejection(21211, "'To' is not a valid phone number")
+    refused = _REFUSED_TYPES.get(kind)
     if refused:
-        raise _Reject(*refused)
+        return Rejection(*refused)
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 

@@ -6,6 +6,7 @@ import contextlib
 import datetime as dt
 import io
 import json
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -412,3 +413,21 @@ def _schemaless(schema: dict[str, Any], record: dict[str, Any]) -> bytes:
     out = io.BytesIO()
     fastavro.schemaless_writer(out, fastavro.parse_schema(schema), record)
     return out.getvalue()
+
+
+def test_record_written_with_previous_version_decodes_into_current(tmp_path: Path) -> None:
+    """A single-object record of a kept previous version is read through schema resolution."""
+    schemas = tmp_path / "schemas"
+    shutil.copytree(SCHEMA_DIR, schemas, ignore=shutil.ignore_patterns("previous"))
+    current = json.loads((schemas / "request_rejected.avsc").read_text())
+    old = {**current, "fields": [f for f in current["fields"] if f["name"] != "trace_id"]}
+    old_dir = tmp_path / "old"
+    shutil.copytree(schemas, old_dir)
+    (old_dir / "request_rejected.avsc").write_text(json.dumps(old))
+    (schemas / "previous").mkdir()
+    (schemas / "previous" / "request_rejected.v0.avsc").write_text(json.dumps(old))
+    record = sample("request_rejected")
+    written = AvroCodec(old_dir).encode(
+        "request_rejected", {k: v for k, v in record.items() if k != "trace_id"})
+    decoded = AvroCodec(schemas).decode(written, expected="request_rejected")
+    assert decoded == {**record, "trace_id": None}

@@ -1,8 +1,10 @@
 """GSM-7 / UCS-2 detection and segment counts."""
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from pipeline.segments import Encoding, segment
+from pipeline.segments import GSM7_BASIC, GSM7_EXTENSION, Encoding, segment
 
 
 @pytest.mark.parametrize(
@@ -46,3 +48,26 @@ def test_no_body_has_no_segments():
     """A media-only message has encoding NONE and no text parts."""
     assert segment(None).encoding is Encoding.NONE
     assert segment("").segments == 0
+
+
+def _reference(body: str) -> list[str]:
+    """Independent split: greedy by septet cost, 160 single / 153 per part."""
+    cost = [2 if ch in GSM7_EXTENSION else 1 for ch in body]
+    if sum(cost) <= 160:
+        return [body]
+    parts, current, used = [], "", 0
+    for ch, c in zip(body, cost, strict=True):
+        if used + c > 153:
+            parts.append(current)
+            current, used = "", 0
+        current += ch
+        used += c
+    return [*parts, current]
+
+
+@given(st.text(alphabet=sorted(GSM7_BASIC | GSM7_EXTENSION), min_size=1, max_size=700))
+def test_gsm7_split_matches_reference(body: str):
+    """The fast path and the general path split GSM-7 text exactly as the reference does."""
+    seg = segment(body)
+    assert seg.encoding is Encoding.GSM7
+    assert seg.parts == _reference(body)
