@@ -90,6 +90,11 @@ class Settings(BaseSettings):
         description="TELEX_SENDERS_FILE: JSON list of registered senders; the demo registry "
         "when unset.",
     )
+    limits_file: str | None = Field(
+        None, validation_alias="TELEX_LIMITS_FILE",
+        description="TELEX_LIMITS_FILE: JSON rate limits (per sender, account, route); "
+        "built-in defaults when unset.",
+    )
     dedup_window_s: int = Field(
         86_400, ge=60, validation_alias="TELEX_DEDUP_WINDOW_S",
         description="TELEX_DEDUP_WINDOW_S: how long an idempotency key is remembered (24 h).",

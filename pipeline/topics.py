@@ -23,6 +23,7 @@ from confluent_kafka.admin import (
 )
 
 from pipeline.errors import TopicError
+from pipeline.runtime.delay import TIER_DELAYS_MS, tier_topic
 from pipeline.settings import Settings
 
 DAY_MS = 86_400_000
@@ -83,6 +84,14 @@ def catalogue(settings: Settings) -> list[TopicSpec]:
              "RequestRejected: idempotency key reused with other content; key = message id"),
         spec("ratelimit-deferrals", STREAM, _stream(7),
              "RateLimitDeferral: why and until when a message waits; key = message id"),
+        spec("rl-account", STREAM, _stream(2),
+             "MessageAccepted on its way through the account bucket; key = account id"),
+        spec("rl-sender", STREAM, _stream(2),
+             "MessageAccepted on its way through the sender bucket; key = channel:sender"),
+        spec("rl-route", STREAM, _stream(2),
+             "MessageAccepted on its way through the route bucket; key = channel:+country"),
+        spec("dispatch-ready", STREAM, _stream(7),
+             "MessageAccepted released by every rate limit, due now; key = message id"),
         spec("dispatch-journal", COMPACTED, _compacted(),
              "DispatchJournalEntry: ATTEMPTING / SUBMITTED / FAILED; key = message id"),
         spec("carrier-receipts", STREAM, _stream(7),
@@ -100,6 +109,11 @@ def catalogue(settings: Settings) -> list[TopicSpec]:
         spec(f"dispatch-retry-{delay}s", STREAM, _stream(2),
              f"MessageAccepted waiting {delay} s before another dispatch attempt")
         for delay in RETRY_DELAYS_S
+    ]
+    specs += [
+        spec(tier_topic(i), STREAM, _stream(max(2, 2 * delay / DAY_MS + 1)),
+             f"Delayed records, actionable {delay} ms after they were written")
+        for i, delay in enumerate(TIER_DELAYS_MS)
     ]
     specs += [
         spec(f"dlq-{stage}", STREAM, _stream(30),

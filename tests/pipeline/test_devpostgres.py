@@ -125,7 +125,8 @@ def test_start_retries_when_its_port_is_taken(monkeypatch: pytest.MonkeyPatch) -
         squatter.listen()
         taken = squatter.getsockname()[1]
         ports = iter([taken])
-        choose = devpostgres._free_port
-        monkeypatch.setattr(devpostgres, "_free_port", lambda: next(ports, None) or choose())
+        choose = devpostgres.free_ports
+        monkeypatch.setattr(devpostgres, "free_ports",
+                            lambda n: [p] if (p := next(ports, None)) else choose(n))
         with DevPostgres() as cluster:
             assert cluster.port != taken
