@@ -39,3 +39,8 @@ CONSUMER_LAG = Gauge(
     "telex_consumer_lag_records", "Records behind the partition end, per stage and partition.",
     ["stage", "topic", "partition"],
 )
+RATELIMIT_BACKLOG = Gauge(
+    "telex_ratelimit_backlog_seconds",
+    "How far ahead a bucket is booked: the wait a new message would see.",
+    ["dimension", "bucket"],
+)

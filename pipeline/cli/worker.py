@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import signal
 
 import structlog
 
 from pipeline.observability import configure_logging, start_metrics_server
-from pipeline.settings import get_settings
+from pipeline.settings import Settings, get_settings
 
-STAGES = ("ingest",)
+STAGES = ("ingest", "ratelimit", "scheduler")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -28,10 +29,24 @@ def _run(args: argparse.Namespace) -> int:
         port = start_metrics_server(settings.metrics_port)
         log.info("metrics_listening", port=port)
     guarantee = "exactly-once" if args.exactly_once else "at-least-once"
-    from pipeline.stages import ingest
-
-    app = ingest.build_app(settings, guarantee=guarantee)
-    log.info("worker_started", stage=args.stage, guarantee=guarantee,
+    log.info("worker_starting", stage=args.stage, guarantee=guarantee,
              settings=settings.redacted())
-    app.run()
+    if args.stage == "scheduler":
+        return _run_scheduler(settings)
+    from pipeline.stages import ingest, ratelimit
+
+    builders = {"ingest": ingest.build_app, "ratelimit": ratelimit.build_app}
+    builders[args.stage](settings, guarantee=guarantee).run()
+    return 0
+
+
+def _run_scheduler(settings: Settings) -> int:
+    from pipeline.runtime.scheduler import Scheduler
+    from pipeline.topics import admin_client, apply_topics, catalogue
+
+    apply_topics(admin_client(settings), catalogue(settings))
+    scheduler = Scheduler(settings)
+    signal.signal(signal.SIGTERM, lambda *_: scheduler.stop())
+    signal.signal(signal.SIGINT, lambda *_: scheduler.stop())
+    scheduler.run()
     return 0

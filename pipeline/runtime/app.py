@@ -9,6 +9,7 @@ outputs are durable on the broker (acks=all, idempotent producer): at-least-once
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -92,10 +93,15 @@ def output_topics(
 
 
 def route_outputs(sdf: StreamingDataFrame, topics: Mapping[str, Topic]) -> StreamingDataFrame:
-    """Write every :class:`Out` row to its topic with its key and headers."""
+    """Write every :class:`Out` row to its topic with its key and headers.
+
+    Outputs are timestamped when they are produced (not with their input's time), so a
+    downstream reader sees when each stage released a record.
+    """
 
     def pick(value: Out, key: Any, ts: int, headers: Any) -> Topic:
         return topics[value.topic]
 
     sdf = sdf.set_headers(lambda value, key, ts, headers: value.headers)
+    sdf = sdf.set_timestamp(lambda value, key, ts, headers: int(time.time() * 1000))
     return sdf.to_topic(pick, key=lambda value: value.key)

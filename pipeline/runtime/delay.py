@@ -22,6 +22,7 @@ TIER_DELAYS_MS = (0, 50, 250, 1_000, 5_000, 25_000, 125_000, 625_000, 3_125_000,
 
 H_DUE = "telex.delay.due_ms"
 H_TARGET = "telex.delay.target"
+H_PACE = "telex.delay.pace"  # "<ms per segment>:<segments>:<bucket>" for rate-limited records
 
 RELEASE = "release"
 MOVE = "move"
@@ -56,5 +57,33 @@ def act(due_ms: float, written_ms: float, tier: int, now_ms: float,
     return Action(MOVE, tier=tier_for(due_ms - now_ms))
 
 
-def delay_headers(due_ms: float, target: str) -> list[tuple[str, bytes]]:
-    return [(H_DUE, str(int(due_ms)).encode()), (H_TARGET, target.encode())]
+def delay_headers(due_ms: float, target: str, pace: Pace | None = None
+                  ) -> list[tuple[str, bytes]]:
+    headers = [(H_DUE, str(int(due_ms)).encode()), (H_TARGET, target.encode())]
+    if pace is not None:
+        headers.append((H_PACE, pace.encode()))
+    return headers
+
+
+@dataclass(frozen=True, slots=True)
+class Pace:
+    """The bucket a rate-limited record belongs to, and that bucket's limit.
+
+    A late scheduler (a stalled process, a busy machine) must not catch up by releasing a
+    bucket's overdue records at once: that would burst the carrier. The scheduler re-checks
+    every paced release against the bucket's own rate and burst on actual release times, so
+    any 1 s window of its releases holds at most rate + burst segments, however late it ran.
+    """
+
+    rate: float
+    burst: float
+    segments: int
+    bucket: str
+
+    def encode(self) -> bytes:
+        return f"{self.rate:g}:{self.burst:g}:{self.segments}:{self.bucket}".encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Pace:
+        rate, burst, segments, bucket = raw.decode().split(":", 3)
+        return cls(float(rate), float(burst), int(segments), bucket)

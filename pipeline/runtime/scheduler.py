@@ -3,16 +3,21 @@
 A plain confluent-kafka loop, not Quix Streams: it must act on the clock, and Quix processes only
 when a record arrives. Per assigned partition it keeps the consumed-but-not-yet-actionable
 records in order (see :mod:`pipeline.runtime.delay`), acts on heads as they become actionable,
-and pauses a partition whose buffer is full.
+and pauses a partition whose buffer is full. A due record of a rate-limited bucket also waits
+for its bucket's pace (see :class:`~pipeline.runtime.delay.Pace`) in a per-bucket queue, out of
+its partition's way, so a late bucket never holds up another bucket's records.
 
-Commit protocol, each loop turn: (1) produce every release and move, (2) flush the producer and
-check every delivery, (3) commit, per partition, the offset of the first record not yet acted
-on. A crash therefore repeats at most the actions of one turn (at-least-once; released records
-keep their message id, so dispatch's journal absorbs a repeat).
+Commit protocol, every ``commit_interval_s``: (1) every release and move was produced, (2) flush
+the producer and check every delivery, (3) commit, per partition, the lowest offset not yet acted
+on (a record waiting for its pace counts as not acted on). Flushing only at commits keeps the
+loop on time between them. A crash repeats at most the actions taken since those offsets
+(at-least-once; released records keep their message id, so dispatch's journal absorbs a
+repeat).
 """
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections import deque
 from collections.abc import Callable
@@ -25,28 +30,54 @@ from pipeline.metrics import DEAD_LETTERS, RECORDS
 from pipeline.runtime.deadletter import Provenance, dead_letter_headers
 from pipeline.runtime.delay import (
     H_DUE,
+    H_PACE,
     H_TARGET,
-    MOVE,
     RELEASE,
     TIER_DELAYS_MS,
+    WAIT,
+    Pace,
     act,
     delay_headers,
     tier_topic,
 )
 from pipeline.settings import Settings
+from pipeline.stages.gcra import Limit, reserve
 
 STAGE = "scheduler"
-MAX_BUFFERED = 20_000  # per partition; beyond it the partition is paused
+MAX_BUFFERED = 20_000  # per partition, including records waiting for their pace
 MAX_IDLE_WAIT_S = 0.05
+# A record due within this much is held in memory until due instead of taking another hop
+# through a tier topic: a hop costs a broker round trip, which would make it late. It pins its
+# partition's committed offset for at most this long.
+HOLD_MS = 1_000
+_PACER_IDLE_MS = 3_600_000  # forget a bucket's pace after an hour without releases
 
 log = structlog.get_logger("telex.scheduler")
+
+PartitionKey = tuple[str, int]
 
 
 @dataclass
 class _Partition:
     tier: int
     records: deque[Message] = field(default_factory=deque)
+    held: set[int] = field(default_factory=set)  # offsets waiting in a pace queue
+    next_offset: int | None = None  # after the last record taken off ``records``
     paused: bool = False
+
+    def commit_offset(self) -> int | None:
+        candidates = [o for o in (
+            self.records[0].offset() if self.records else self.next_offset,
+            min(self.held) if self.held else None,
+        ) if o is not None]
+        return min(candidates) if candidates else None
+
+
+@dataclass
+class _Pacer:
+    limit: Limit
+    tat_ms: float | None = None
+    queue: deque[tuple[PartitionKey, Message, str, int]] = field(default_factory=deque)
 
 
 class Scheduler:
@@ -62,8 +93,13 @@ class Scheduler:
             "fetch.wait.max.ms": 20,
         })
         self._producer = Producer(settings.producer_config())
-        self._parts: dict[tuple[str, int], _Partition] = {}
+        self._parts: dict[PartitionKey, _Partition] = {}
+        self._pacers: dict[str, _Pacer] = {}
+        self._timers: list[tuple[float, int, PartitionKey, Message, str, Pace | None]] = []
+        self._timer_seq = 0
         self._running = True
+        self._touched: set[PartitionKey] = set()
+        self._next_commit = 0.0
         self._released = RECORDS.labels(STAGE, "released")
         self._moved = RECORDS.labels(STAGE, "moved")
 
@@ -79,6 +115,7 @@ class Scheduler:
                 for msg in self._consumer.consume(1000, wait):
                     self._buffer(msg)
                 wait = self._turn()
+            self._commit(self._touched)
         finally:
             self._consumer.close()
             self._producer.flush(30)
@@ -88,10 +125,17 @@ class Scheduler:
             self._parts[(tp.topic, tp.partition)] = _Partition(self._tiers[tp.topic])
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Everything acted on is already committed (each turn commits); the rest is re-read
-        # by the next owner from the committed offset.
-        for tp in partitions:
-            self._parts.pop((tp.topic, tp.partition), None)
+        # Commit what was acted on; the rest (held records too) is re-read by the next owner
+        # from the committed offset.
+        self._commit(self._touched)
+        self._touched = set()
+        gone = {(tp.topic, tp.partition) for tp in partitions}
+        for key in gone:
+            self._parts.pop(key, None)
+        for pacer in self._pacers.values():
+            pacer.queue = deque(item for item in pacer.queue if item[0] not in gone)
+        self._timers = [t for t in self._timers if t[2] not in gone]
+        heapq.heapify(self._timers)
 
     def _buffer(self, msg: Message) -> None:
         err = msg.error()
@@ -103,51 +147,113 @@ class Scheduler:
         if part is None:
             return  # revoked while in flight
         part.records.append(msg)
-        if len(part.records) >= MAX_BUFFERED and not part.paused:
+        if len(part.records) + len(part.held) >= MAX_BUFFERED and not part.paused:
             self._consumer.pause([TopicPartition(msg.topic(), msg.partition())])
             part.paused = True
 
     def _turn(self) -> float:
-        """Act on every actionable head; flush; commit. Returns how long the next poll may wait."""
+        """Act on every actionable record; flush; commit. Returns how long the next poll may
+        wait."""
         now_ms = self._clock() * 1000
         next_ready = now_ms + MAX_IDLE_WAIT_S * 1000
-        commits: list[TopicPartition] = []
-        for (topic, partition), part in self._parts.items():
-            acted = None
+        touched: set[PartitionKey] = set()
+        for key, part in self._parts.items():
             while part.records:
                 msg = part.records[0]
                 try:
-                    due, target = _delay_of(msg)
+                    due, target, pace = _delay_of(msg)
                 except ValueError as exc:
                     self._dead_letter(msg, exc, now_ms)
                 else:
                     action = act(due, msg.timestamp()[1], part.tier, now_ms)
-                    if action.kind == RELEASE:
-                        self._send(self._settings.topic(target), msg, [], now_ms)
-                        self._released.inc()
-                    elif action.kind == MOVE:
-                        self._send(self._settings.topic(tier_topic(action.tier)), msg,
-                                   delay_headers(due, target), now_ms)
-                        self._moved.inc()
-                    else:
+                    if action.kind == WAIT:
                         next_ready = min(next_ready, action.until_ms)
                         break
-                acted = part.records.popleft()
-            if acted is not None:
-                offset = part.records[0].offset() if part.records else acted.offset() + 1
-                commits.append(TopicPartition(topic, partition, offset))
-            if part.paused and len(part.records) < MAX_BUFFERED // 2:
-                self._consumer.resume([TopicPartition(topic, partition)])
-                part.paused = False
-        if commits:
-            if self._producer.flush(30) != 0:
-                raise RuntimeError("scheduler: releases not acknowledged within 30 s")
-            self._consumer.commit(offsets=commits, asynchronous=False)
+                    if action.kind == RELEASE:
+                        self._release(key, msg, target, pace, now_ms, held=False)
+                    elif due - now_ms < HOLD_MS:
+                        heapq.heappush(self._timers,
+                                       (due, self._timer_seq, key, msg, target, pace))
+                        self._timer_seq += 1
+                        part.held.add(msg.offset())
+                    else:
+                        self._send(self._settings.topic(tier_topic(action.tier)), msg,
+                                   delay_headers(due, target, pace), now_ms)
+                        self._moved.inc()
+                part.next_offset = part.records.popleft().offset() + 1
+                touched.add(key)
+        while self._timers and self._timers[0][0] <= now_ms:
+            _, _, key, msg, target, pace = heapq.heappop(self._timers)
+            if key in self._parts:
+                self._release(key, msg, target, pace, now_ms, held=True)
+                touched.add(key)
+        if self._timers:
+            next_ready = min(next_ready, self._timers[0][0])
+        next_ready = min(next_ready, self._release_paced(now_ms, touched))
+        self._touched |= touched
+        if self._clock() >= self._next_commit:
+            self._commit(self._touched)
+            self._touched = set()
+            self._next_commit = self._clock() + self._settings.commit_interval_s
         return max(0.0, min(MAX_IDLE_WAIT_S, (next_ready - self._clock() * 1000) / 1000))
+
+    def _release(self, key: PartitionKey, msg: Message, target: str, pace: Pace | None,
+                 now_ms: float, *, held: bool) -> None:
+        """Release a due record now, or queue it behind its bucket's pace."""
+        part = self._parts[key]
+        if pace is not None:
+            pacer = self._pacers.setdefault(pace.bucket, _Pacer(Limit(pace.rate, pace.burst)))
+            pacer.queue.append((key, msg, target, pace.segments))
+            part.held.add(msg.offset())
+            return
+        self._send(self._settings.topic(target), msg, [], now_ms)
+        self._released.inc()
+        if held:
+            part.held.discard(msg.offset())
+
+    def _release_paced(self, now_ms: float, touched: set[PartitionKey]) -> float:
+        """Release queued records each bucket's limit allows now; returns the next due time."""
+        next_ready = float("inf")
+        for bucket, pacer in list(self._pacers.items()):
+            while pacer.queue:
+                key, msg, target, segments = pacer.queue[0]
+                slot = reserve(pacer.tat_ms, now_ms, segments, pacer.limit)
+                if slot.release_at_ms > now_ms:
+                    next_ready = min(next_ready, slot.release_at_ms)
+                    break
+                pacer.tat_ms = slot.tat_ms
+                pacer.queue.popleft()
+                self._send(self._settings.topic(target), msg, [], now_ms)
+                self._released.inc()
+                part = self._parts.get(key)
+                if part is not None:
+                    part.held.discard(msg.offset())
+                    touched.add(key)
+            if not pacer.queue and (pacer.tat_ms or 0) < now_ms - _PACER_IDLE_MS:
+                del self._pacers[bucket]
+        return next_ready
+
+    def _commit(self, touched: set[PartitionKey]) -> None:
+        commits = []
+        for key in touched:
+            part = self._parts.get(key)
+            if part is None:
+                continue
+            offset = part.commit_offset()
+            if offset is not None:
+                commits.append(TopicPartition(key[0], key[1], offset))
+            if part.paused and len(part.records) + len(part.held) < MAX_BUFFERED // 2:
+                self._consumer.resume([TopicPartition(*key)])
+                part.paused = False
+        if self._producer.flush(30) != 0:
+            raise RuntimeError("scheduler: releases not acknowledged within 30 s")
+        if commits:
+            self._consumer.commit(offsets=commits, asynchronous=False)
 
     def _send(self, topic: str, msg: Message, extra: list[tuple[str, bytes]],
               now_ms: float) -> None:
-        headers = [(k, v) for k, v in (msg.headers() or []) if k not in (H_DUE, H_TARGET)]
+        headers = [(k, v) for k, v in (msg.headers() or [])
+                   if k not in (H_DUE, H_TARGET, H_PACE)]
         self._produce(topic, msg.key(), msg.value(), headers + extra, int(now_ms))
 
     def _produce(self, topic: str, key: bytes | None, value: bytes | None,
@@ -170,10 +276,11 @@ class Scheduler:
                     error=str(exc))
 
 
-def _delay_of(msg: Message) -> tuple[float, str]:
+def _delay_of(msg: Message) -> tuple[float, str, Pace | None]:
     headers = dict(msg.headers() or [])
     try:
-        return float(headers[H_DUE]), headers[H_TARGET].decode()
+        pace = Pace.decode(headers[H_PACE]) if H_PACE in headers else None
+        return float(headers[H_DUE]), headers[H_TARGET].decode(), pace
     except (KeyError, ValueError, AttributeError) as exc:
         raise ValueError(f"delayed record without valid {H_DUE}/{H_TARGET} headers") from exc
 

@@ -1,0 +1,269 @@
+"""A WhatsApp-Cloud-API-shaped server on loopback: ``python -m connectors.simulators.http_channel``.
+
+``POST /{version}/{phone_number_id}/messages`` with a bearer token answers like the Cloud API
+(``messages[0].id`` a wamid), after a configurable latency, with 429 above a rate cap and with
+injected errors. Accepted messages get status webhooks (sent, delivered, read or failed) POSTed
+to ``callback_url`` after a delay, signed with X-Hub-Signature-256, optionally duplicated,
+reordered or badly signed. Every request and webhook is recorded.
+
+Standard-library ``ThreadingHTTPServer``: one thread per connection is plenty on loopback, and
+the server can be used from synchronous and asyncio tests alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import random
+import secrets
+import signal
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from connectors.simulators.smsc_model import TokenBucket
+from connectors.simulators.webhook_sender import WebhookRecord, WebhookSender
+
+_STATUS_CHAIN = {"sent": ["sent"], "delivered": ["sent", "delivered"],
+                 "read": ["sent", "delivered", "read"], "failed": ["failed"]}
+
+
+@dataclass(frozen=True, slots=True)
+class HttpChannelConfig:
+    host: str = "127.0.0.1"
+    port: int = 0
+    access_token: str = "test-token"
+    app_secret: str = "test-app-secret"
+    callback_url: str | None = None  # where status webhooks go; None: no webhooks
+    latency_s: float = 0.0
+    max_requests_per_s: float | None = None  # excess answered 429 (code 130429)
+    status_delay_s: float = 0.0
+    outcomes: Mapping[str, float] = field(default_factory=lambda: {"read": 1.0})
+    failed_code: int = 131026  # error code of "failed" statuses
+    seed: int | None = None
+
+
+@dataclass(slots=True)
+class HttpFaults:
+    throttle_rate: float = 0.0  # 429
+    server_error_rate: float = 0.0  # 500, code 131000
+    reject_recipients: set[str] = field(default_factory=set)  # 400 with ``reject_code``
+    reject_code: int = 131026
+    fail_recipients: set[str] = field(default_factory=set)  # accepted, then a failed status
+    duplicate_status_rate: float = 0.0
+    reorder_rate: float = 0.0  # statuses of a message sent in reverse order
+    bad_signature_rate: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class SendRecord:
+    at: float
+    phone_number_id: str
+    to: str
+    body: str
+    opaque: str | None  # biz_opaque_callback_data
+    wamid: str | None
+    http_status: int
+
+
+class HttpChannelSimulator:
+    """``with HttpChannelSimulator(config) as sim:`` then send to ``sim.base_url``."""
+
+    def __init__(self, config: HttpChannelConfig | None = None,
+                 faults: HttpFaults | None = None) -> None:
+        self.config = config or HttpChannelConfig()
+        self.faults = faults or HttpFaults()
+        self.sends: list[SendRecord] = []
+        self._rng = random.Random(self.config.seed)
+        self._lock = threading.Lock()
+        self._bucket = (TokenBucket(self.config.max_requests_per_s)
+                        if self.config.max_requests_per_s else None)
+        self._webhooks = WebhookSender(self.config.callback_url, self.config.app_secret)
+        self._server = ThreadingHTTPServer((self.config.host, self.config.port), _handler(self))
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
+                                        name="http-channel-simulator", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.config.host}:{self.port}"
+
+    @property
+    def webhooks(self) -> list[WebhookRecord]:
+        return self._webhooks.sent
+
+    def start(self) -> HttpChannelSimulator:
+        self._thread.start()
+        self._webhooks.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+        self._webhooks.stop()
+
+    def __enter__(self) -> HttpChannelSimulator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # Decisions (called from handler threads) -------------------------------------------
+
+    def answer(self, phone_number_id: str,
+               message: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
+        """HTTP status and JSON body for one well-formed send request."""
+        to = str(message.get("to", ""))
+        body = str((message.get("text") or {}).get("body", ""))
+        opaque = message.get("biz_opaque_callback_data")
+        f = self.faults
+        with self._lock:
+            if (self._bucket and not self._bucket.take()) or self._chance(f.throttle_rate):
+                status, reply = 429, _error(130429, "Rate limit hit")
+            elif self._chance(f.server_error_rate):
+                status, reply = 500, _error(131000, "Something went wrong")
+            elif to in f.reject_recipients:
+                status, reply = 400, _error(f.reject_code, "Message undeliverable")
+            else:
+                status, reply = 200, {}
+            wamid = "wamid." + secrets.token_urlsafe(24) if status == 200 else None
+            if wamid is not None:
+                reply = {"messaging_product": "whatsapp",
+                         "contacts": [{"input": to, "wa_id": to}], "messages": [{"id": wamid}]}
+                self._schedule(phone_number_id, wamid, to, opaque)
+            self.sends.append(SendRecord(time.monotonic(), phone_number_id, to, body,
+                                         opaque if isinstance(opaque, str) else None, wamid,
+                                         status))
+        return status, reply
+
+    def _schedule(self, phone_number_id: str, wamid: str, to: str, opaque: object) -> None:
+        if self.config.callback_url is None:
+            return
+        f = self.faults
+        outcomes = self.config.outcomes
+        outcome = "failed" if to in f.fail_recipients else self._rng.choices(
+            list(outcomes), list(outcomes.values()))[0]
+        chain = list(_STATUS_CHAIN[outcome])
+        if self._chance(f.duplicate_status_rate):
+            chain.append(self._rng.choice(chain))
+        if self._chance(f.reorder_rate):
+            chain.reverse()
+        due = time.monotonic() + self.config.status_delay_s
+        for status in chain:
+            payload = _status_payload(phone_number_id, wamid, to, status, opaque,
+                                      self.config.failed_code)
+            self._webhooks.schedule(due, payload, wamid, status,
+                                    bad_signature=self._chance(f.bad_signature_rate))
+
+    def _chance(self, rate: float) -> bool:
+        return rate > 0 and self._rng.random() < rate
+
+
+def _error(code: int, message: str) -> dict[str, Any]:
+    return {"error": {"message": f"(#{code}) {message}", "type": "OAuthException", "code": code,
+                      "fbtrace_id": secrets.token_hex(8)}}
+
+
+def _status_payload(phone_number_id: str, wamid: str, to: str, status: str, opaque: object,
+                    failed_code: int) -> dict[str, Any]:
+    item: dict[str, Any] = {"id": wamid, "status": status, "timestamp": str(int(time.time())),
+                            "recipient_id": to}
+    if isinstance(opaque, str):
+        item["biz_opaque_callback_data"] = opaque
+    if status == "failed":
+        item["errors"] = [{"code": failed_code, "title": "Message undeliverable",
+                           "message": "Message undeliverable",
+                           "error_data": {"details": "simulated failure"}}]
+    value = {"messaging_product": "whatsapp",
+             "metadata": {"display_phone_number": "15550000000",
+                          "phone_number_id": phone_number_id},
+             "statuses": [item]}
+    return {"object": "whatsapp_business_account",
+            "entry": [{"id": "0", "changes": [{"field": "messages", "value": value}]}]}
+
+
+def _handler(sim: HttpChannelSimulator) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as the connector's pool expects
+        # Headers and body in one segment, sent at once: otherwise Nagle plus delayed ACKs
+        # add ~40 ms to every keep-alive response.
+        wbufsize = 65_536
+        disable_nagle_algorithm = True
+        timeout = 30  # an idle keep-alive connection's thread ends eventually
+
+        def do_POST(self) -> None:
+            parts = self.path.split("?", 1)[0].strip("/").split("/")
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if len(parts) != 3 or parts[2] != "messages":
+                return self._reply(404, _error(100, "Unknown path"))
+            if self.headers.get("Authorization") != f"Bearer {sim.config.access_token}":
+                return self._reply(401, _error(190, "Invalid OAuth access token"))
+            try:
+                message = json.loads(body)
+            except ValueError:
+                return self._reply(400, _error(100, "Invalid JSON"))
+            if (not isinstance(message, dict) or message.get("messaging_product") != "whatsapp"
+                    or message.get("type") != "text" or not message.get("to")):
+                return self._reply(400, _error(100, "Invalid parameter"))
+            if sim.config.latency_s > 0:
+                time.sleep(sim.config.latency_s)  # the simulated carrier's processing time
+            self._reply(*sim.answer(parts[1], message))
+
+        def _reply(self, status: int, payload: dict[str, Any]) -> None:
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            if status == 429:
+                self.send_header("Retry-After", "1")
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # tests and benchmarks read the records, not an access log
+
+    return Handler
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m connectors.simulators.http_channel",
+                                 description="WhatsApp-Cloud-API-shaped simulator (loopback).")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8099)
+    ap.add_argument("--access-token", default="test-token")
+    ap.add_argument("--app-secret", default="test-app-secret")
+    ap.add_argument("--callback-url", default=None)
+    ap.add_argument("--latency-ms", type=float, default=0.0)
+    ap.add_argument("--max-rate", type=float, default=None)
+    ap.add_argument("--status-delay-ms", type=float, default=0.0)
+    ap.add_argument("--throttle-rate", type=float, default=0.0)
+    ap.add_argument("--server-error-rate", type=float, default=0.0)
+    ap.add_argument("--duplicate-status-rate", type=float, default=0.0)
+    ap.add_argument("--reorder-rate", type=float, default=0.0)
+    a = ap.parse_args(argv)
+    config = HttpChannelConfig(
+        host=a.host, port=a.port, access_token=a.access_token, app_secret=a.app_secret,
+        callback_url=a.callback_url, latency_s=a.latency_ms / 1000, max_requests_per_s=a.max_rate,
+        status_delay_s=a.status_delay_ms / 1000)
+    faults = HttpFaults(throttle_rate=a.throttle_rate, server_error_rate=a.server_error_rate,
+                        duplicate_status_rate=a.duplicate_status_rate,
+                        reorder_rate=a.reorder_rate)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with HttpChannelSimulator(config, faults) as sim:
+        print(f"http channel listening on {sim.base_url}", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            stop.wait()
+
+
+if __name__ == "__main__":
+    main()

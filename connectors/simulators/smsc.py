@@ -1,0 +1,320 @@
+"""An SMPP 3.4 SMSC on loopback, for tests and benchmarks: ``python -m connectors.simulators.smsc``.
+
+It answers binds (checking credentials), submit_sm (with configurable latency, a throughput
+cap and injected faults, see :mod:`connectors.simulators.smsc_model`), enquire_link and unbind,
+and sends delivery receipts as deliver_sm after a delay. Every submit_sm is recorded in
+:attr:`SmscSimulator.submits`, so a test can count parts per message and a benchmark can
+measure rates on the server side.
+
+Receipts go to a live transceiver/receiver session of the same system_id; when none is bound
+they wait for the next bind, as an SMSC stores them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import random
+import signal
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from connectors.simulators.smsc_model import (
+    Decider,
+    Faults,
+    IdAllocator,
+    IdFormat,
+    ReceiptForm,
+    ReceiptRecord,
+    SmscConfig,
+    SubmitRecord,
+)
+from connectors.smpp import pdu as p
+from connectors.smpp.encoding import Concat, decode_text, split_udh
+from connectors.smpp.receipt import MESSAGE_STATES, receipt_text
+
+_STATE_OF_STAT = {stat: state for state, stat in MESSAGE_STATES.items()}
+_BINDS = (p.BindTransceiver, p.BindTransmitter, p.BindReceiver)
+
+
+@dataclass(slots=True, eq=False)  # identity-hashed: sessions live in a set
+class _Session:
+    writer: asyncio.StreamWriter
+    system_id: str | None = None
+    receives: bool = False  # transceiver or receiver: may be sent deliver_sm
+    seq: int = 0
+    outstanding: dict[int, _Receipt] = field(default_factory=dict)
+
+    def send(self, pdu: p.Pdu) -> None:
+        if not self.writer.is_closing():
+            self.writer.write(p.encode(pdu))
+
+    def next_seq(self) -> int:
+        self.seq = self.seq % 0x7FFFFFFF + 1
+        return self.seq
+
+
+@dataclass(frozen=True, slots=True)
+class _Receipt:
+    system_id: str
+    number: int
+    record: SubmitRecord
+    stat: str
+    duplicate: bool = False
+
+
+class SmscSimulator:
+    """``async with SmscSimulator(SmscConfig()) as smsc:`` then connect to ``smsc.port``."""
+
+    def __init__(self, config: SmscConfig | None = None, faults: Faults | None = None) -> None:
+        self.config = config or SmscConfig()
+        self.faults = faults or Faults()
+        self.submits: list[SubmitRecord] = []
+        self.receipts_sent: list[ReceiptRecord] = []
+        self.binds = 0
+        self.enquire_links = 0
+        self._decide = Decider(self.config, self.faults)
+        self._ids = IdAllocator(self.config.id_format, self.config.id_width,
+                                random.Random(self.config.seed).randrange(1 << 24, 1 << 32))
+        self._sessions: set[_Session] = set()
+        self._parked: defaultdict[str, list[_Receipt]] = defaultdict(list)
+        self._server: asyncio.Server | None = None
+        self._stopped = False
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("simulator not started")
+        return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def bound_sessions(self) -> int:
+        return sum(1 for s in self._sessions if s.system_id)
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, self.config.host, self.config.port)
+
+    async def stop(self) -> None:
+        self._stopped = True
+        if self._server is not None:
+            self._server.close()
+        for session in list(self._sessions):
+            session.writer.transport.abort()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def __aenter__(self) -> SmscSimulator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def drop_connections(self) -> int:
+        """Abort every TCP connection now, as a crashing SMSC would; returns how many."""
+        sessions = list(self._sessions)
+        for session in sessions:
+            session.writer.transport.abort()
+        return len(sessions)
+
+    async def unbind_all(self) -> None:
+        """Ask every bound ESME to unbind (a polite SMSC restart)."""
+        for session in list(self._sessions):
+            if session.system_id:
+                session.send(p.Unbind(sequence=session.next_seq()))
+
+    # Connection handling ---------------------------------------------------------------
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        session = _Session(writer)
+        self._sessions.add(session)
+        try:
+            while not self._stopped:
+                self._on_pdu(session, await p.read_pdu(reader))
+        except (asyncio.IncompleteReadError, ConnectionError, p.PduError):
+            pass
+        finally:
+            self._sessions.discard(session)
+            writer.transport.abort()
+
+    def _on_pdu(self, session: _Session, pdu: p.Pdu) -> None:
+        if isinstance(pdu, p.SubmitSm):
+            self._on_submit(session, pdu)
+        elif isinstance(pdu, p.DeliverSmResp):
+            self._on_deliver_resp(session, pdu)
+        elif isinstance(pdu, p.EnquireLink):
+            self.enquire_links += 1
+            if not self.faults.ignore_enquire_link:
+                session.send(p.EnquireLinkResp(sequence=pdu.sequence))
+        elif isinstance(pdu, _BINDS):
+            self._on_bind(session, pdu)
+        elif isinstance(pdu, p.Unbind):
+            session.send(p.UnbindResp(sequence=pdu.sequence))
+            session.system_id = None
+            session.writer.close()
+        elif isinstance(pdu, p.UnknownPdu):
+            session.send(p.GenericNack(sequence=pdu.sequence, status=p.Status.ESME_RINVCMDID))
+        elif not pdu.is_response:
+            resp = p.RESPONSE_OF.get(pdu.command_id, p.GenericNack)
+            session.send(resp(sequence=pdu.sequence, status=p.Status.ESME_RINVCMDID))
+
+    def _on_bind(self, session: _Session, pdu: p.BindTransceiver) -> None:
+        resp_type = p.RESPONSE_OF[pdu.command_id]
+        if session.system_id:
+            status = p.Status.ESME_RALYBND
+        elif pdu.system_id not in self.config.accounts:
+            status = p.Status.ESME_RINVSYSID
+        elif self.config.accounts[pdu.system_id] != pdu.password:
+            status = p.Status.ESME_RINVPASWD
+        else:
+            status = p.Status.ESME_ROK
+        resp = resp_type(sequence=pdu.sequence, status=status, system_id="telexsim")
+        session.send(resp)
+        if status == p.Status.ESME_ROK:
+            self.binds += 1
+            session.system_id = pdu.system_id
+            session.receives = not isinstance(pdu, p.BindTransmitter)
+            if session.receives:
+                for receipt in self._parked.pop(pdu.system_id, []):
+                    self._send_receipt(receipt)
+
+    def _on_submit(self, session: _Session, pdu: p.SubmitSm) -> None:
+        if not session.system_id:
+            session.send(p.SubmitSmResp(sequence=pdu.sequence, status=p.Status.ESME_RINVBNDSTS))
+            return
+        drop = self._decide.should_drop()
+        status = None if drop else self._decide.submit_status(pdu.destination_addr)
+        number, message_id = self._ids.allocate() if status == p.Status.ESME_ROK else (0, None)
+        record = _record(session.system_id, pdu, status, message_id)
+        self.submits.append(record)
+        if drop:
+            session.writer.transport.abort()
+            return
+        if status is None:
+            return
+        resp = p.SubmitSmResp(sequence=pdu.sequence, status=status, message_id=message_id or "")
+        loop = asyncio.get_running_loop()
+        if self.config.latency_s > 0:
+            loop.call_later(self.config.latency_s, session.send, resp)
+        else:
+            session.send(resp)
+        if message_id and pdu.registered_delivery & 0x01 and (
+                self.config.receipt_form is not ReceiptForm.NONE):
+            receipt = _Receipt(session.system_id, number, record, self._decide.outcome())
+            delay = self.config.latency_s + self.config.receipt_delay_s
+            loop.call_later(delay, self._send_receipt, receipt)
+            if self._decide.duplicate():
+                dup = _Receipt(session.system_id, number, record, receipt.stat, duplicate=True)
+                loop.call_later(delay, self._send_receipt, dup)
+
+    # Receipts ----------------------------------------------------------------------------
+
+    def _send_receipt(self, receipt: _Receipt) -> None:
+        if self._stopped:
+            return
+        target = next((s for s in self._sessions
+                       if s.system_id == receipt.system_id and s.receives), None)
+        if target is None:
+            self._parked[receipt.system_id].append(receipt)
+            return
+        reported = self._ids.render(receipt.number, other=self.config.receipt_ids_other_form)
+        rec = receipt.record
+        submitted = datetime.now(UTC) - _age(rec.at)
+        text = receipt_text(reported, receipt.stat, submit=submitted, done=datetime.now(UTC),
+                            err="000" if receipt.stat == "DELIVRD" else "001", text=rec.text)
+        tlvs: dict[int, bytes] = {}
+        if self.config.receipt_form is ReceiptForm.TLV:
+            tlvs = {p.Tag.RECEIPTED_MESSAGE_ID: p.tlv_cstring(reported),
+                    p.Tag.MESSAGE_STATE: p.tlv_u8(_STATE_OF_STAT.get(receipt.stat, 7))}
+        seq = target.next_seq()
+        target.outstanding[seq] = receipt
+        target.send(p.DeliverSm(
+            sequence=seq, source_addr=rec.destination_addr, destination_addr=rec.source_addr,
+            esm_class=0x04, short_message=text.encode("latin-1"), tlvs=tlvs))
+        self.receipts_sent.append(ReceiptRecord(time.monotonic(), receipt.system_id, reported,
+                                                receipt.stat, receipt.duplicate))
+
+    def _on_deliver_resp(self, session: _Session, pdu: p.Pdu) -> None:
+        receipt = session.outstanding.pop(pdu.sequence, None)
+        if receipt is not None and pdu.status != p.Status.ESME_ROK:
+            asyncio.get_running_loop().call_later(
+                self.config.receipt_retry_s, self._send_receipt, receipt)
+
+
+def _age(monotonic_at: float) -> timedelta:
+    return timedelta(seconds=max(0.0, time.monotonic() - monotonic_at))
+
+
+def _record(system_id: str, pdu: p.SubmitSm, status: int | None, message_id: str | None
+            ) -> SubmitRecord:
+    concat, payload = split_udh(pdu.esm_class, pdu.short_message)
+    if concat is None and p.Tag.SAR_TOTAL_SEGMENTS in pdu.tlvs:
+        concat = Concat(p.tlv_int(pdu, p.Tag.SAR_MSG_REF_NUM) or 0,
+                        p.tlv_int(pdu, p.Tag.SAR_TOTAL_SEGMENTS) or 0,
+                        p.tlv_int(pdu, p.Tag.SAR_SEGMENT_SEQNUM) or 0)
+    return SubmitRecord(
+        at=time.monotonic(), system_id=system_id, source_addr=pdu.source_addr,
+        destination_addr=pdu.destination_addr, esm_class=pdu.esm_class,
+        data_coding=pdu.data_coding, registered_delivery=pdu.registered_delivery,
+        validity_period=pdu.validity_period, short_message=pdu.short_message,
+        text=decode_text(pdu.data_coding, payload), concat=concat, status=status,
+        message_id=message_id)
+
+
+# Command line --------------------------------------------------------------------------------
+
+def _parse_args(argv: list[str] | None) -> tuple[SmscConfig, Faults]:
+    ap = argparse.ArgumentParser(prog="python -m connectors.simulators.smsc",
+                                 description="SMPP 3.4 SMSC simulator (loopback).")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=2775)
+    ap.add_argument("--account", action="append", default=[], metavar="SYSTEM_ID:PASSWORD",
+                    help="accepted credentials (repeatable; default telex:secret)")
+    ap.add_argument("--id-format", choices=[f.value for f in IdFormat], default="hex")
+    ap.add_argument("--receipt-ids-other-form", action="store_true")
+    ap.add_argument("--receipt-form", choices=[f.value for f in ReceiptForm], default="text")
+    ap.add_argument("--receipt-delay-ms", type=float, default=0.0)
+    ap.add_argument("--outcome", action="append", default=[], metavar="STAT:WEIGHT",
+                    help="receipt outcome mix, e.g. DELIVRD:0.9 UNDELIV:0.1")
+    ap.add_argument("--latency-ms", type=float, default=0.0)
+    ap.add_argument("--max-rate", type=float, default=None, help="submits/s before THROTTLED")
+    ap.add_argument("--throttle-rate", type=float, default=0.0)
+    ap.add_argument("--reject-rate", type=float, default=0.0)
+    ap.add_argument("--no-response-rate", type=float, default=0.0)
+    ap.add_argument("--duplicate-receipt-rate", type=float, default=0.0)
+    ap.add_argument("--seed", type=int, default=None)
+    a = ap.parse_args(argv)
+    accounts = dict(x.split(":", 1) for x in a.account) or {"telex": "secret"}
+    outcomes = {k: float(v) for k, v in (x.split(":", 1) for x in a.outcome)} or {"DELIVRD": 1.0}
+    config = SmscConfig(
+        host=a.host, port=a.port, accounts=accounts, id_format=IdFormat(a.id_format),
+        receipt_ids_other_form=a.receipt_ids_other_form, receipt_form=ReceiptForm(a.receipt_form),
+        receipt_delay_s=a.receipt_delay_ms / 1000, outcomes=outcomes,
+        latency_s=a.latency_ms / 1000, max_submits_per_s=a.max_rate, seed=a.seed)
+    faults = Faults(throttle_rate=a.throttle_rate, reject_rate=a.reject_rate,
+                    no_response_rate=a.no_response_rate,
+                    duplicate_receipt_rate=a.duplicate_receipt_rate)
+    return config, faults
+
+
+async def _main(config: SmscConfig, faults: Faults) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with SmscSimulator(config, faults) as smsc:
+        print(f"smsc listening on {config.host}:{smsc.port}", flush=True)
+        await stop.wait()
+        print(f"smsc stopping after {len(smsc.submits)} submit_sm", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_main(*_parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()

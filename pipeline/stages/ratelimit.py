@@ -1,0 +1,210 @@
+"""Rate-limit stage: each message passes its account, carrier-route and sender buckets in turn.
+
+Ownership: every bucket lives on exactly one partition of the topic keyed by that bucket
+(``rl-account`` by account, ``rl-route`` by channel:+country, ``rl-sender`` by channel:sender),
+so across N workers each bucket has one owner, by Kafka's partitioning, with no shared lock.
+A step releases a message keyed for the next step, so one topic hop per bucket re-partitions.
+
+Decision (pure, :func:`decide`): reserve the message's slot in the bucket (GCRA, cost = its
+segments). Due now → released to the next step. Due later → deferred through the delay tiers
+(:mod:`pipeline.runtime.delay`) straight to the next step, with an explanation event on
+``ratelimit-deferrals``; nothing waits in front of other buckets' messages. Booked beyond the
+queue cap → ``failed`` 21611 (queue full). Due after its validity ends → ``failed`` 30036.
+Scheduled sends (send-at) enter through the same delay tiers before the first bucket.
+
+Guarantee: at-least-once, as every Quix stage here (see ``pipeline/runtime/app.py``). After a
+crash, records since the last checkpoint are reserved again on top of the recovered TATs: the
+recovered state is never laxer than before the crash (re-reservation only books later slots);
+a message released twice keeps its message id and dispatch's journal absorbs it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from quixstreams import Application
+from quixstreams.context import message_context
+from quixstreams.state import State
+
+from pipeline.codec import AvroCodec
+from pipeline.limits import ACCOUNT, ROUTE, SENDER, Limits, bucket_of, load_limits
+from pipeline.metrics import DEAD_LETTERS, RATELIMIT_BACKLOG, RECORDS, REJECTED
+from pipeline.runtime.app import Guarantee, Out, input_topic, make_app, output_topics, route_outputs
+from pipeline.runtime.deadletter import Provenance, dead_letter_headers
+from pipeline.runtime.delay import TIER_DELAYS_MS, Pace, delay_headers, tier_for, tier_topic
+from pipeline.senders import load_registry
+from pipeline.settings import Settings
+from pipeline.stages.gcra import Limit, Reservation, reserve
+
+STAGE = "ratelimit"
+QUEUE_FULL = 21611
+EXPIRED_IN_QUEUE = 30036
+# (dimension, input topic, next topic, key of the next topic)
+# The sender bucket, the strictest, comes last: a message it defers is released by the delay
+# tiers straight into dispatch-ready at its slot, with no stage hop left to add jitter.
+STEPS: tuple[tuple[str, str, str, Callable[[Mapping[str, Any]], str]], ...] = (
+    (ACCOUNT, "rl-account", "rl-route", lambda m: bucket_of(ROUTE, m)),
+    (ROUTE, "rl-route", "rl-sender", lambda m: bucket_of(SENDER, m)),
+    (SENDER, "rl-sender", "dispatch-ready", lambda m: str(m["message_id"])),
+)
+OUT_TOPICS = ("rl-account", "rl-sender", "rl-route", "dispatch-ready", "ratelimit-deferrals",
+              "delivery-status", "dlq-ratelimit",
+              *(tier_topic(i) for i in range(len(TIER_DELAYS_MS))))
+
+log = structlog.get_logger("telex.ratelimit")
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    kind: str  # release | defer | queue_full | expired
+    reservation: Reservation
+    code: int | None = None
+    reason: str = ""
+
+
+def decide(tat_ms: float | None, now_ms: float, cost: int, limit: Limit,
+           expires_at_ms: float, queue_cap_ms: float) -> Verdict:
+    """What happens to a message of ``cost`` segments arriving at a bucket now."""
+    r = reserve(tat_ms, now_ms, cost, limit)
+    wait = r.wait_ms(now_ms)
+    if wait > queue_cap_ms:
+        return Verdict("queue_full", r, QUEUE_FULL,
+                       f"queue full: {wait / 1000:.0f} s booked ahead, the cap is "
+                       f"{queue_cap_ms / 1000:.0f} s")
+    if r.release_at_ms > expires_at_ms:
+        return Verdict("expired", r, EXPIRED_IN_QUEUE,
+                       f"cannot leave before its validity period ends "
+                       f"({(r.release_at_ms - expires_at_ms) / 1000:.1f} s too late)")
+    return Verdict("release" if wait <= 0 else "defer", r)
+
+
+class RateLimitStage:
+    """Feeds :func:`decide` from Quix Streams; never raises on a bad record."""
+
+    def __init__(self, settings: Settings, limits: Limits, codec: AvroCodec,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._limits = limits
+        self._codec = codec
+        self._clock = clock
+        self._outcomes = {(d, o): RECORDS.labels(f"{STAGE}-{d}", o)
+                          for d, *_ in STEPS for o in ("released", "deferred", "queue_full",
+                                                       "expired")}
+
+    # -- entry: scheduled sends wait for their send-at, then everything enters by account --
+
+    def enter(self, value: bytes, key: str, timestamp: int, headers: Any) -> list[Out]:
+        now_ms = self._clock() * 1000
+        try:
+            msg = self._codec.decode(value, expected="message_accepted")
+            account = bucket_of(ACCOUNT, msg)
+            send_at = msg.get("send_at_ms")
+            if send_at is not None and send_at > now_ms:
+                return self._defer(msg, value, account, "rl-account", send_at, now_ms,
+                                   bucket="schedule", position=0,
+                                   reason=f"scheduled send-at {int(send_at)}")
+            return [Out("rl-account", account, value)]
+        except Exception as exc:  # routed, counted and logged, never raised
+            return [self._dead_letter(value, key, timestamp, headers, exc, now_ms)]
+
+    # -- one bucket step --
+
+    def step(self, dimension: str, next_topic: str,
+             next_key: Callable[[Mapping[str, Any]], str]) -> Callable[..., list[Out]]:
+        def process(value: bytes, key: str, timestamp: int, headers: Any,
+                    state: State) -> list[Out]:
+            now_ms = self._clock() * 1000
+            try:
+                msg = self._codec.decode(value, expected="message_accepted")
+                bucket = bucket_of(dimension, msg)
+                if key != bucket:
+                    raise ValueError(f"record key {key!r} is not its {dimension} bucket")
+                limit = self._limits.for_bucket(dimension, bucket)
+                verdict = decide(state.get("tat"), now_ms, max(1, int(msg["segments"])), limit,
+                                 msg["expires_at_ms"], self._limits.queue_cap_ms(limit))
+                outs = self._act(dimension, bucket, limit, verdict, msg, value, next_topic,
+                                 next_key(msg), now_ms)
+            except Exception as exc:  # routed, counted and logged, never raised
+                return [self._dead_letter(value, key, timestamp, headers, exc, now_ms)]
+            if verdict.kind in ("release", "defer"):
+                state.set("tat", verdict.reservation.tat_ms)
+                RATELIMIT_BACKLOG.labels(dimension, bucket).set(
+                    max(0.0, verdict.reservation.tat_ms - now_ms) / 1000)
+            self._outcomes[(dimension, _OUTCOME[verdict.kind])].inc()
+            return outs
+
+        return process
+
+    def _act(self, dimension: str, bucket: str, limit: Limit, verdict: Verdict,
+             msg: Mapping[str, Any], value: bytes, next_topic: str, next_key: str,
+             now_ms: float) -> list[Out]:
+        if verdict.kind == "release":
+            return [Out(next_topic, next_key, value)]
+        r = verdict.reservation
+        if verdict.kind == "defer":
+            reason = (f"{dimension} bucket {bucket} ({limit.rate:g}/s, burst {limit.burst:g}): "
+                      f"{r.position:.0f} segments booked ahead")
+            pace = Pace(limit.rate, limit.burst, max(1, int(msg["segments"])),
+                        f"{dimension}:{bucket}")
+            return self._defer(msg, value, next_key, next_topic, r.release_at_ms, now_ms,
+                               bucket=f"{dimension}:{bucket}", position=int(r.position),
+                               reason=reason, pace=pace)
+        REJECTED.labels(f"{STAGE}-{dimension}", str(verdict.code)).inc()
+        log.info("message_" + verdict.kind, message_id=msg["message_id"],
+                 bucket=f"{dimension}:{bucket}", code=verdict.code)
+        return [Out("delivery-status", str(msg["message_id"]), self._codec.encode(
+            "delivery_status", {
+                "message_id": msg["message_id"], "account_id": msg["account_id"],
+                "channel": msg["channel"], "status": "failed", "sequence": 1,
+                "event_time_ms": int(now_ms), "recorded_at_ms": int(now_ms),
+                "error_code": verdict.code, "error_reason": verdict.reason,
+                "carrier_message_id": None, "connector": None, "segments": msg["segments"],
+                "trace_id": msg.get("trace_id"),
+            }))]
+
+    def _defer(self, msg: Mapping[str, Any], value: bytes, key: str, target: str, due_ms: float,
+               now_ms: float, *, bucket: str, position: int, reason: str,
+               pace: Pace | None = None) -> list[Out]:
+        tier = tier_topic(tier_for(due_ms - now_ms))
+        explain = self._codec.encode("ratelimit_deferral", {
+            "message_id": msg["message_id"], "bucket": bucket, "position": position,
+            "expected_release_ms": int(due_ms), "reason": reason,
+            "deferred_at_ms": int(now_ms),
+        })
+        return [Out(tier, key, value, delay_headers(due_ms, target, pace)),
+                Out("ratelimit-deferrals", str(msg["message_id"]), explain)]
+
+    def _dead_letter(self, value: bytes, key: str | None, timestamp: int, headers: Any,
+                     exc: Exception, now_ms: float) -> Out:
+        ctx = message_context()
+        prov = Provenance(ctx.topic, ctx.partition, ctx.offset, timestamp)
+        DEAD_LETTERS.labels(STAGE, type(exc).__name__).inc()
+        log.warning("dead_lettered", stage=STAGE, topic=ctx.topic, partition=ctx.partition,
+                    offset=ctx.offset, error_class=type(exc).__name__, error=str(exc))
+        return Out("dlq-ratelimit", key or "", value or b"",
+                   dead_letter_headers(headers, prov, STAGE, exc, int(now_ms)))
+
+
+_OUTCOME = {"release": "released", "defer": "deferred", "queue_full": "queue_full",
+            "expired": "expired"}
+
+
+def build_app(settings: Settings, *, guarantee: Guarantee = "at-least-once",
+              consumer_group: str | None = None) -> Application:
+    """The rate-limit worker: entry plus one dataframe per bucket step, in one application."""
+    app = make_app(settings, consumer_group or settings.topic(STAGE), guarantee=guarantee)
+    stage = RateLimitStage(settings, load_limits(settings.limits_file,
+                                                 load_registry(settings.senders_file)),
+                           AvroCodec.from_settings(settings))
+    outs = output_topics(app, settings, OUT_TOPICS)
+    entry = app.dataframe(input_topic(app, settings, "message-accepted"))
+    route_outputs(entry.apply(stage.enter, metadata=True, expand=True), outs)
+    for dimension, topic, next_topic, next_key in STEPS:
+        sdf = app.dataframe(input_topic(app, settings, topic))
+        sdf = sdf.apply(stage.step(dimension, next_topic, next_key), stateful=True,
+                        metadata=True, expand=True)
+        route_outputs(sdf, outs)
+    return app
