@@ -44,6 +44,8 @@ def smsc_process(extra: list[str]) -> Iterator[int]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 async def run(port: int, window: int, count: int, receipts: bool) -> tuple[float, list[float]]:

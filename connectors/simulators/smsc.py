@@ -47,10 +47,18 @@ class _Session:
     receives: bool = False  # transceiver or receiver: may be sent deliver_sm
     seq: int = 0
     outstanding: dict[int, _Receipt] = field(default_factory=dict)
+    out: list[bytes] = field(default_factory=list)
 
     def send(self, pdu: p.Pdu) -> None:
-        if not self.writer.is_closing():
-            self.writer.write(p.encode(pdu))
+        """Queue ``pdu``; a loop iteration's PDUs leave in one write, as a busy SMSC's do."""
+        if not self.out:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self.out.append(p.encode(pdu))
+
+    def flush(self) -> None:
+        out, self.out = self.out, []
+        if out and not self.writer.is_closing():
+            self.writer.write(b"".join(out))
 
     def next_seq(self) -> int:
         self.seq = self.seq % 0x7FFFFFFF + 1
@@ -153,6 +161,7 @@ class SmscSimulator:
             self._on_bind(session, pdu)
         elif isinstance(pdu, p.Unbind):
             session.send(p.UnbindResp(sequence=pdu.sequence))
+            session.flush()
             session.system_id = None
             session.writer.close()
         elif isinstance(pdu, p.UnknownPdu):

@@ -19,7 +19,7 @@ import contextlib
 import random
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, timezone
 
 import structlog
@@ -95,6 +95,8 @@ class SmppClient:
         self._seq = 0
         self._ref = random.randrange(256)
         self._writer: asyncio.StreamWriter | None = None
+        self._out: list[bytes] = []  # PDUs written in this loop iteration, sent together
+        self._flush_scheduled = False
         self._bound = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
         self._closing = False
@@ -223,16 +225,31 @@ class SmppClient:
         future: asyncio.Future[p.Pdu] = loop.create_future()
         timer = loop.call_later(self._cfg.response_timeout_s, self._expire, pdu.sequence)
         self._pending[pdu.sequence] = _Pending(future, timer, message_id)
+        self._send(data)
         try:
-            writer.write(data)
-            await writer.drain()
             return await future
-        except (ConnectionError, OSError) as exc:
-            raise ConnectorError(ErrorKind.CONNECTION_LOST, repr(exc)) from exc
         finally:
             entry = self._pending.pop(pdu.sequence, None)
             if entry is not None:
                 entry.timer.cancel()
+
+    def _send(self, data: bytes) -> None:
+        """Queue a PDU; everything queued in one loop iteration leaves in one write.
+
+        No drain(): what can be outstanding is bounded by the window (submits), one
+        enquire_link, and the SMSC's own window (deliver_sm_resp), so the buffer cannot grow
+        without limit, and one syscall per batch instead of per PDU roughly doubles throughput.
+        """
+        self._out.append(data)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        out, self._out = self._out, []
+        if out and self._writer is not None:
+            self._writer.write(b"".join(out))
 
     def _expire(self, seq: int) -> None:
         entry = self._pending.pop(seq, None)
@@ -281,6 +298,7 @@ class SmppClient:
             finally:
                 self._bound.clear()
                 self._writer = None
+                self._out.clear()  # never replay a dead session's PDUs on the next one
                 self._fail_pending(self._last_error or "connection closed")
                 if writer is not None:
                     writer.transport.abort()
@@ -307,7 +325,7 @@ class SmppClient:
         keepalive = asyncio.create_task(self._keepalive())
         try:
             while True:
-                self._handle(await p.read_pdu(reader), writer)
+                self._handle(await p.read_pdu(reader))
         finally:
             keepalive.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -323,7 +341,7 @@ class SmppClient:
                 self._abort(f"enquire_link failed: {exc}")
                 return
 
-    def _handle(self, pdu: p.Pdu, writer: asyncio.StreamWriter) -> None:
+    def _handle(self, pdu: p.Pdu) -> None:
         if pdu.is_response:
             entry = self._pending.pop(pdu.sequence, None)
             if entry is None:
@@ -334,18 +352,21 @@ class SmppClient:
             if not entry.future.done():
                 entry.future.set_result(pdu)
         elif isinstance(pdu, p.DeliverSm):
-            writer.write(p.encode(p.DeliverSmResp(sequence=pdu.sequence,
-                                                  status=self._deliver(pdu))))
+            self._send(p.encode(p.DeliverSmResp(sequence=pdu.sequence,
+                                                status=self._deliver(pdu))))
         elif isinstance(pdu, p.EnquireLink):
-            writer.write(p.encode(p.EnquireLinkResp(sequence=pdu.sequence)))
+            self._send(p.encode(p.EnquireLinkResp(sequence=pdu.sequence)))
         elif isinstance(pdu, p.Unbind):
             log.info("smpp_unbound_by_peer", connector=self.name)
-            writer.write(p.encode(p.UnbindResp(sequence=pdu.sequence)))
-            writer.close()  # flushes the unbind_resp; the reader then sees EOF and we rebind
+            self._bound.clear()  # submits wait for the rebind instead of going out now
+            self._send(p.encode(p.UnbindResp(sequence=pdu.sequence)))
+            self._flush()
+            if self._writer is not None:
+                self._writer.close()  # sends the unbind_resp; the reader sees EOF, we rebind
         else:
             resp_type = p.RESPONSE_OF.get(pdu.command_id, p.GenericNack)
-            writer.write(p.encode(resp_type(sequence=pdu.sequence,
-                                            status=p.Status.ESME_RINVCMDID)))
+            self._send(p.encode(resp_type(sequence=pdu.sequence,
+                                          status=p.Status.ESME_RINVCMDID)))
 
     def _deliver(self, pdu: p.DeliverSm) -> int:
         """Hand a receipt on; the command_status to answer the deliver_sm with."""
@@ -354,11 +375,10 @@ class SmppClient:
             return p.Status.ESME_ROK
         receipt = receipt_from_deliver_sm(
             pdu, connector=self.name, received_at_ms=now_ms(),
-            id_base=self._cfg.receipt_id_base, tz=self._cfg.receipt_tz)
+            id_base=self._cfg.receipt_id_base, tz=self._cfg.receipt_tz, message_ids=self._known)
         if receipt is None:
             log.warning("smpp_receipt_without_id", connector=self.name)
             return p.Status.ESME_ROK  # redelivery would not make it parseable
-        receipt = replace(receipt, message_id=self._known.get(receipt.carrier_message_id))
         if self._on_receipt is None:
             return p.Status.ESME_ROK if self._receipts.offer(receipt) else p.Status.ESME_RX_T_APPN
         try:

@@ -20,6 +20,7 @@ error code: UNDELIV → unreachable (30003), EXPIRED → expired (30036), REJECT
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timezone
 
@@ -71,7 +72,7 @@ def parse_receipt_text(text: str, tz: timezone = UTC) -> ReceiptText:
     found: dict[str, str] = {}
     marks: list[tuple[str, int, int]] = []  # (key, key start, value start)
     for m in _KEY.finditer(text):
-        key = re.sub(r"[ _]", "", m.group(1).lower())
+        key = m.group(1).lower().replace(" ", "").replace("_", "")
         if key not in found:
             found[key] = ""
             marks.append((key, m.start(), m.end()))
@@ -90,17 +91,18 @@ def parse_receipt_text(text: str, tz: timezone = UTC) -> ReceiptText:
 
 def parse_date(value: str | None, tz: timezone = UTC) -> int | None:
     """Epoch ms of a receipt date (yyMMddHHmm, yyMMddHHmmss or yyyyMMddHHmmss), else None."""
-    if not value or not value.isdigit():
+    if not value or not value.isascii() or not value.isdigit() or len(value) not in (10, 12, 14):
         return None
-    formats = {10: "%y%m%d%H%M", 12: "%y%m%d%H%M%S", 14: "%Y%m%d%H%M%S"}
-    fmt = formats.get(len(value))
-    if fmt is None:
-        return None
+    if len(value) == 14:
+        year, rest = int(value[:4]), value[4:]
+    else:  # two-digit years are 20yy: receipts are about messages sent this century
+        year, rest = 2000 + int(value[:2]), value[2:]
     try:
-        moment = datetime.strptime(value, fmt).replace(tzinfo=tz)
+        moment = datetime(year, int(rest[0:2]), int(rest[2:4]), int(rest[4:6]), int(rest[6:8]),
+                          int(rest[8:10] or 0), tzinfo=tz)
     except ValueError:
         return None
-    return int(moment.timestamp() * 1000)
+    return int(moment.timestamp()) * 1000
 
 
 def map_stat(stat: str | None, channel: str = "sms") -> tuple[ReceiptStatus, int | None]:
@@ -116,8 +118,12 @@ def receipt_from_deliver_sm(
     received_at_ms: int,
     id_base: IdBase = IdBase.HEX,
     tz: timezone = UTC,
+    message_ids: Mapping[str, str] | None = None,
 ) -> Receipt | None:
-    """The receipt carried by ``pdu``, or None if it names no message id."""
+    """The receipt carried by ``pdu``, or None if it names no message id.
+
+    ``message_ids`` maps canonical carrier ids to Telex message ids the connector remembers.
+    """
     payload = pdu.short_message or pdu.tlvs.get(Tag.MESSAGE_PAYLOAD, b"")
     raw = decode_text(pdu.data_coding, payload) if payload else ""
     fields = parse_receipt_text(raw, tz)
@@ -127,15 +133,17 @@ def receipt_from_deliver_sm(
     state = tlv_int(pdu, Tag.MESSAGE_STATE)
     stat = MESSAGE_STATES.get(state, f"STATE_{state}") if state is not None else fields.stat
     status, code = map_stat(stat)
+    carrier_id = normalise_message_id(raw_id, id_base)
     return Receipt(
         connector=connector,
-        carrier_message_id=normalise_message_id(raw_id, id_base),
+        carrier_message_id=carrier_id,
         status=status,
         carrier_status=stat or "",
         received_at_ms=received_at_ms,
         error_code=code,
         carrier_error=_carrier_error(pdu, fields.err),
         done_at_ms=fields.done_date_ms,
+        message_id=message_ids.get(carrier_id) if message_ids else None,
         raw=raw or None,
     )
 

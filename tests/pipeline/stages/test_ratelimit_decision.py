@@ -1,0 +1,51 @@
+"""The rate-limit verdict: release, defer, queue full, expired in queue."""
+
+from pipeline.limits import ACCOUNT, ROUTE, SENDER, Limits, bucket_of
+from pipeline.senders import DEMO_SENDERS
+from pipeline.stages.gcra import Limit
+from pipeline.stages.ratelimit import EXPIRED_IN_QUEUE, QUEUE_FULL, decide
+
+HOUR = 3_600_000
+
+
+def test_idle_bucket_releases_now():
+    """An idle bucket releases at once."""
+    assert decide(None, 0, 1, Limit(1, 1), expires_at_ms=HOUR, queue_cap_ms=HOUR).kind == "release"
+
+
+def test_booked_bucket_defers_to_its_slot():
+    """A booked bucket defers the message to its reserved slot."""
+    v = decide(5_000, 0, 1, Limit(1, 1), expires_at_ms=HOUR, queue_cap_ms=HOUR)
+    assert v.kind == "defer" and v.reservation.release_at_ms == 5_000
+
+
+def test_booked_beyond_cap_is_queue_full():
+    """A bucket booked further ahead than the cap refuses the message with 21611."""
+    v = decide(HOUR + 5_000, 0, 1, Limit(1, 1), expires_at_ms=10 * HOUR, queue_cap_ms=HOUR)
+    assert (v.kind, v.code) == ("queue_full", QUEUE_FULL)
+
+
+def test_slot_after_validity_is_expired_in_queue():
+    """A message whose slot comes after its validity ends fails with 30036 at once."""
+    v = decide(60_000, 0, 1, Limit(1, 1), expires_at_ms=30_000, queue_cap_ms=HOUR)
+    assert (v.kind, v.code) == ("expired", EXPIRED_IN_QUEUE)
+
+
+def test_limits_by_sender_kind_and_overrides():
+    """Senders default by kind; overrides and account/route defaults apply by bucket key."""
+    limits = Limits.from_mapping({"senders": {"sms:55501": {"rate": 250, "burst": 20}},
+                                  "accounts": {"acct-9": {"rate": 7}}}, DEMO_SENDERS)
+    assert limits.for_bucket(SENDER, "sms:+14155550100") == Limit(1, 1)
+    assert limits.for_bucket(SENDER, "sms:+18445550100") == Limit(3, 3)
+    assert limits.for_bucket(SENDER, "sms:55501") == Limit(250, 20)
+    assert limits.for_bucket(ACCOUNT, "acct-9") == Limit(7, 7)
+    assert limits.for_bucket(ROUTE, "sms:+44") == limits.route_default
+
+
+def test_bucket_keys():
+    """Bucket keys: account id, channel:sender, channel:+calling code."""
+    msg = {"account_id": "a1", "channel": "whatsapp", "sender": "whatsapp:+14155550199",
+           "recipient": "whatsapp:+447911123456"}
+    assert bucket_of(ACCOUNT, msg) == "a1"
+    assert bucket_of(SENDER, msg) == "whatsapp:whatsapp:+14155550199"
+    assert bucket_of(ROUTE, msg) == "whatsapp:+44"
