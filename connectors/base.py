@@ -63,7 +63,7 @@ CLASSIFICATION: dict[ErrorKind, Classification] = {
         Classification(ErrorKind.INVALID_DESTINATION, False, 21211, 63024),
         Classification(ErrorKind.REJECTED_CONTENT, False, 30007, 30007),
         Classification(ErrorKind.OUTSIDE_WINDOW, False, 30007, 63016),
-        Classification(ErrorKind.UNREACHABLE, False, 30003, 30003),
+        Classification(ErrorKind.UNREACHABLE, True, 30003, 30003),  # one resend may reach it
         Classification(ErrorKind.EXPIRED, False, 30036, 30036),
         Classification(ErrorKind.REJECTED, False, 30008, 30008),
     )

@@ -77,10 +77,16 @@ _CODES = (
     ErrorCode(30003, "Unreachable destination handset", True),
     ErrorCode(30005, "Unknown destination handset", False),
     ErrorCode(30007, "Message filtered by carrier", False),
-    ErrorCode(30008, "Unknown error", True),
+    # Retry for an unknown error is decided by the connector's classification of what happened
+    # (a timeout is retried, an unexplained rejection is not), not by this code.
+    ErrorCode(30008, "Unknown error", False),
     ErrorCode(30017, "Carrier network congestion", True),
+    ErrorCode(30022, "Carrier rate limit exceeded (throttled)", True),
     ErrorCode(30036, "Validity period expired", False),
     ErrorCode(30500, "Internal error", True),
+    ErrorCode(63016, "Outside the chat channel's customer-service window", False),
+    ErrorCode(63018, "Channel rate limit exceeded", True),
+    ErrorCode(63024, "Invalid recipient for this channel", False),
 )
 
 ERROR_CODES: dict[int, ErrorCode] = {c.code: c for c in _CODES}

@@ -38,10 +38,10 @@ from connectors.base import (
     now_ms,
 )
 from connectors.smpp import pdu as p
-from connectors.smpp.encoding import address, encode_parts, is_receipt, relative_validity
+from connectors.smpp.encoding import is_receipt
 from connectors.smpp.receipt import receipt_from_deliver_sm
 from connectors.smpp.status import SESSION_ERRORS, status_error
-from pipeline.errors import CodecError
+from connectors.smpp.submit import build_submit_sms, worst_error
 
 log = structlog.get_logger(__name__)
 
@@ -127,7 +127,8 @@ class SmppClient:
         self._closing = True
         if self._bound.is_set() and self._writer is not None:
             with contextlib.suppress(ConnectorError, OSError):
-                await asyncio.wait_for(self._request(p.Unbind()), 2.0)
+                await asyncio.wait_for(self._request(p.Unbind()),
+                                       min(2.0, self._cfg.response_timeout_s))
         if self._runner is not None:
             self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -155,7 +156,7 @@ class SmppClient:
         """Send every part of ``req``; raises ConnectorError classified by command_status."""
         if self._closing:
             raise ConnectorError(ErrorKind.CONNECTION_LOST, "connector closed")
-        pdus = self._build(req)
+        pdus = build_submit_sms(req, self._next_ref())
         if len(pdus) == 1:
             ids = [await self._submit_one(pdus[0], req.message_id)]
         else:
@@ -163,32 +164,9 @@ class SmppClient:
                 *(self._submit_one(pdu, req.message_id) for pdu in pdus), return_exceptions=True)
             errors = [r for r in results if isinstance(r, BaseException)]
             if errors:
-                raise _worst(errors)
+                raise worst_error(errors)
             ids = [r for r in results if isinstance(r, str)]
         return SubmitResult(ids[0], now_ms(), len(ids), tuple(ids))
-
-    def _build(self, req: SubmitRequest) -> list[p.SubmitSm]:
-        if req.channel != "sms":
-            raise ConnectorError(ErrorKind.REJECTED, f"SMPP cannot send {req.channel!r}")
-        try:
-            parts = encode_parts(req.segmentation(), self._next_ref())
-            validity = relative_validity(req.validity_ms) if req.validity_ms else ""
-        except CodecError as exc:
-            raise ConnectorError(ErrorKind.REJECTED_CONTENT, str(exc)) from exc
-        src_ton, src_npi, src = address(req.sender)
-        dst_ton, dst_npi, dst = address(req.recipient)
-        if len(dst) > 20:
-            raise ConnectorError(ErrorKind.INVALID_DESTINATION, "destination over 20 digits")
-        if len(src) > 20:
-            raise ConnectorError(ErrorKind.REJECTED, "source address over 20 characters")
-        return [
-            p.SubmitSm(source_addr_ton=src_ton, source_addr_npi=src_npi, source_addr=src,
-                       dest_addr_ton=dst_ton, dest_addr_npi=dst_npi, destination_addr=dst,
-                       esm_class=part.esm_class, data_coding=part.data_coding,
-                       short_message=part.short_message, validity_period=validity,
-                       registered_delivery=1 if req.registered_delivery else 0)
-            for part in parts
-        ]
 
     async def _submit_one(self, pdu: p.SubmitSm, message_id: str) -> str:
         async with self._window:
@@ -405,11 +383,3 @@ class SmppClient:
         if self._writer is not None:
             self._writer.transport.abort()
 
-
-def _worst(errors: list[BaseException]) -> BaseException:
-    """The error a multipart submit raises: a non-connector error, else permanent first."""
-    for exc in errors:
-        if not isinstance(exc, ConnectorError):
-            return exc
-    return next((e for e in errors if isinstance(e, ConnectorError) and not e.retryable),
-                errors[0])

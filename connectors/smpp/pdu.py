@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import ClassVar, Literal
 
@@ -355,11 +355,6 @@ async def read_pdu(reader: asyncio.StreamReader) -> Pdu:
     if not 16 <= length <= MAX_PDU:
         raise PduError(f"command_length {length} outside 16..{MAX_PDU}")
     return decode(head + await reader.readexactly(length - 4))
-
-
-def field_names(cls: type[Pdu]) -> list[str]:
-    """Constructor fields of a PDU class (used by tests to check layouts cover every field)."""
-    return [f.name for f in fields(cls)]
 
 
 # TLV value helpers -------------------------------------------------------------------------

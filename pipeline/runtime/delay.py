@@ -73,17 +73,21 @@ class Pace:
     bucket's overdue records at once: that would burst the carrier. The scheduler re-checks
     every paced release against the bucket's own rate and burst on actual release times, so
     any 1 s window of its releases holds at most rate + burst segments, however late it ran.
+    ``booked_ms`` is the bucket's TAT before this message was booked: it tells the scheduler
+    about releases the stage made directly, so its pacing starts from the stage's books.
     """
 
     rate: float
     burst: float
     segments: int
+    booked_ms: float
     bucket: str
 
     def encode(self) -> bytes:
-        return f"{self.rate:g}:{self.burst:g}:{self.segments}:{self.bucket}".encode()
+        return (f"{self.rate:g}:{self.burst:g}:{self.segments}:{self.booked_ms:.0f}:"
+                f"{self.bucket}").encode()
 
     @classmethod
     def decode(cls, raw: bytes) -> Pace:
-        rate, burst, segments, bucket = raw.decode().split(":", 3)
-        return cls(float(rate), float(burst), int(segments), bucket)
+        rate, burst, segments, booked, bucket = raw.decode().split(":", 4)
+        return cls(float(rate), float(burst), int(segments), float(booked), bucket)

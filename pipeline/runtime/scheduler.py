@@ -203,6 +203,8 @@ class Scheduler:
         part = self._parts[key]
         if pace is not None:
             pacer = self._pacers.setdefault(pace.bucket, _Pacer(Limit(pace.rate, pace.burst)))
+            # Never laxer than the stage's books (which include its direct releases).
+            pacer.tat_ms = max(pacer.tat_ms or 0.0, pace.booked_ms)
             pacer.queue.append((key, msg, target, pace.segments))
             part.held.add(msg.offset())
             return

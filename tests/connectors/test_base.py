@@ -113,3 +113,13 @@ def test_receipt_record_matches_the_avro_schema_fields() -> None:
     record = Receipt("c", "1", ReceiptStatus.DELIVERED, "DELIVRD", 5).to_record()
     assert set(record) == {f["name"] for f in schema["fields"]}
     assert record["status"] == "delivered"
+
+
+def test_every_classified_code_is_in_the_error_table():
+    """Each code a connector can give a user is documented in pipeline.errors' one table."""
+    from connectors.base import CLASSIFICATION
+    from pipeline.errors import ERROR_CODES
+
+    for c in CLASSIFICATION.values():
+        assert c.sms_code in ERROR_CODES, c
+        assert c.chat_code in ERROR_CODES, c

@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
+from structlog.testing import capture_logs
 
 from connectors.base import BindError, ConnectorError, ErrorKind, IdBase, Receipt, SubmitRequest
 from connectors.simulators.smsc import SmscSimulator
@@ -289,12 +290,15 @@ async def test_receipt_callback_instead_of_stream() -> None:
             raise RuntimeError("consumer hiccup")
         got.append(receipt)
 
-    async with SmscSimulator(SmscConfig(receipt_retry_s=0.05)) as smsc:
-        cfg = SmppConfig("127.0.0.1", smsc.port, "telex", "secret", **FAST)  # type: ignore[arg-type]
-        async with SmppClient(cfg, on_receipt=on_receipt) as esme:
-            await esme.submit(msg(1))
-            await until(lambda: len(got) == 1, what="redelivered receipt")
+    with capture_logs() as logs:
+        async with SmscSimulator(SmscConfig(receipt_retry_s=0.05)) as smsc:
+            cfg = SmppConfig("127.0.0.1", smsc.port, "telex", "secret", **FAST)  # type: ignore[arg-type]
+            async with SmppClient(cfg, on_receipt=on_receipt) as esme:
+                await esme.submit(msg(1))
+                await until(lambda: len(got) == 1, what="redelivered receipt")
     assert got[0].message_id == "TX1" and calls == 2
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == [
+        "smpp_receipt_callback_failed"]
 
 
 async def test_close_unbinds() -> None:

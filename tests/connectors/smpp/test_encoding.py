@@ -9,6 +9,7 @@ from connectors.smpp.encoding import (
     Concat,
     address,
     decode_text,
+    encode_gsm7,
     encode_parts,
     is_receipt,
     relative_validity,
@@ -104,3 +105,23 @@ def test_receipt_esm_class_bits() -> None:
     """Message type bits 2-5 equal to 0x04 mean delivery receipt, whatever other bits say."""
     assert is_receipt(0x04) and is_receipt(0x44)
     assert not is_receipt(0x00) and not is_receipt(0x08)
+
+
+def test_ascii_fast_path_agrees_with_the_codec() -> None:
+    """Every GSM-encodable ASCII character encodes and decodes exactly as gsm0338 does,
+    including the ones whose codes differ ('@' 0x00, '$' 0x02, '_' 0x11, '{' ESC 0x28)."""
+    for code in range(128):
+        ch = chr(code)
+        if ch == "\x1b":
+            continue  # ESC is the extension-table prefix, not a character
+        try:
+            expected = ch.encode("gsm03.38")
+        except UnicodeEncodeError:
+            continue
+        assert encode_gsm7(ch * 3) == expected * 3, repr(ch)
+        assert decode_text(0x00, expected * 3) == ch * 3, repr(ch)
+
+
+def test_text_outside_gsm7_is_a_codec_error() -> None:
+    with pytest.raises(CodecError):
+        encode_gsm7("ж")

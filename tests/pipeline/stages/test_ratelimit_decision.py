@@ -49,3 +49,14 @@ def test_bucket_keys():
     assert bucket_of(ACCOUNT, msg) == "a1"
     assert bucket_of(SENDER, msg) == "whatsapp:whatsapp:+14155550199"
     assert bucket_of(ROUTE, msg) == "whatsapp:+44"
+
+
+def test_recently_queued_bucket_routes_due_messages_through_the_scheduler():
+    """A message due now still goes through the scheduler while the bucket was recently
+    queued, so the scheduler's pacing sees every release of the bucket."""
+    v = decide(None, 10_000, 1, Limit(1, 1), expires_at_ms=HOUR, queue_cap_ms=HOUR,
+               via_scheduler_until_ms=20_000)
+    assert v.kind == "defer" and v.reservation.release_at_ms == 10_000
+    later = decide(None, 20_000, 1, Limit(1, 1), expires_at_ms=HOUR, queue_cap_ms=HOUR,
+                   via_scheduler_until_ms=20_000)
+    assert later.kind == "release"
