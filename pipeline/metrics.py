@@ -41,6 +41,11 @@ CONSUMER_LAG = Gauge(
 )
 RATELIMIT_BACKLOG = Gauge(
     "telex_ratelimit_backlog_seconds",
-    "How far ahead a bucket is booked: the wait a new message would see.",
+    "How far ahead a bucket is booked: about the wait a new message would see.",
+    ["dimension", "bucket"],
+)
+RATELIMIT_QUEUED_SEGMENTS = Gauge(
+    "telex_ratelimit_queued_segments",
+    "Segments booked ahead in a bucket: its queue depth.",
     ["dimension", "bucket"],
 )

@@ -95,6 +95,20 @@ class Settings(BaseSettings):
         description="TELEX_LIMITS_FILE: JSON rate limits (per sender, account, route); "
         "built-in defaults when unset.",
     )
+    carriers_file: str | None = Field(
+        None, validation_alias="TELEX_CARRIERS_FILE",
+        description="TELEX_CARRIERS_FILE: JSON connectors and routes for the dispatch stage.",
+    )
+    dispatch_batch: int = Field(
+        200, ge=1, le=10_000, validation_alias="TELEX_DISPATCH_BATCH",
+        description="TELEX_DISPATCH_BATCH: records a dispatch worker journals and submits "
+        "together; bounds the duplicates a crash can cause.",
+    )
+    retry_schedule_s: tuple[int, ...] = Field(  # default: dispatch_decision.RETRY_SCHEDULE_S
+        (5, 30, 120, 600, 1800), validation_alias="TELEX_RETRY_SCHEDULE_S",
+        description="TELEX_RETRY_SCHEDULE_S: JSON list of dispatch retry delays in seconds "
+        "(exponential, with jitter); after the last one a retryable failure is final.",
+    )
     dedup_window_s: int = Field(
         86_400, ge=60, validation_alias="TELEX_DEDUP_WINDOW_S",
         description="TELEX_DEDUP_WINDOW_S: how long an idempotency key is remembered (24 h).",

@@ -34,9 +34,6 @@ COMPACTED = "compacted"
 # Stages that own a dead-letter topic, in pipeline order.
 STAGES = ("ingest", "dedup", "ratelimit", "dispatch", "retry", "reconcile", "callbacks")
 
-# Backoff delays of the dispatch retry topics (issue: carrier dispatch); one topic per delay so
-# that a consumer of a topic never waits behind a record that is due later than its own.
-RETRY_DELAYS_S = (5, 30, 120, 600, 1800)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,11 +101,6 @@ def catalogue(settings: Settings) -> list[TopicSpec]:
              "DeliveryStatus, latest per message; key = message id"),
         spec("dlq-parked", STREAM, _stream(30),
              "DeadLetterEnvelope of records that failed again after a replay"),
-    ]
-    specs += [
-        spec(f"dispatch-retry-{delay}s", STREAM, _stream(2),
-             f"MessageAccepted waiting {delay} s before another dispatch attempt")
-        for delay in RETRY_DELAYS_S
     ]
     specs += [
         spec(tier_topic(i), STREAM, _stream(max(2, 2 * delay / DAY_MS + 1)),

@@ -10,7 +10,7 @@ import structlog
 from pipeline.observability import configure_logging, start_metrics_server
 from pipeline.settings import Settings, get_settings
 
-STAGES = ("ingest", "ratelimit", "scheduler")
+STAGES = ("ingest", "ratelimit", "scheduler", "dispatch")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -33,10 +33,26 @@ def _run(args: argparse.Namespace) -> int:
              settings=settings.redacted())
     if args.stage == "scheduler":
         return _run_scheduler(settings)
+    if args.stage == "dispatch":
+        return _run_dispatch(settings)
     from pipeline.stages import ingest, ratelimit
 
     builders = {"ingest": ingest.build_app, "ratelimit": ratelimit.build_app}
     builders[args.stage](settings, guarantee=guarantee).run()
+    return 0
+
+
+def _run_dispatch(settings: Settings) -> int:
+    import asyncio
+
+    from pipeline.stages.dispatch import DispatchWorker
+    from pipeline.topics import admin_client, apply_topics, catalogue
+
+    apply_topics(admin_client(settings), catalogue(settings))
+    dispatch = DispatchWorker(settings)
+    signal.signal(signal.SIGTERM, lambda *_: dispatch.stop())
+    signal.signal(signal.SIGINT, lambda *_: dispatch.stop())
+    asyncio.run(dispatch.run())
     return 0
 
 

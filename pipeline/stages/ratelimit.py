@@ -32,7 +32,13 @@ from quixstreams.state import State
 
 from pipeline.codec import AvroCodec
 from pipeline.limits import ACCOUNT, ROUTE, SENDER, Limits, bucket_of, load_limits
-from pipeline.metrics import DEAD_LETTERS, RATELIMIT_BACKLOG, RECORDS, REJECTED
+from pipeline.metrics import (
+    DEAD_LETTERS,
+    RATELIMIT_BACKLOG,
+    RATELIMIT_QUEUED_SEGMENTS,
+    RECORDS,
+    REJECTED,
+)
 from pipeline.runtime.app import Guarantee, Out, input_topic, make_app, output_topics, route_outputs
 from pipeline.runtime.deadletter import Provenance, dead_letter_headers
 from pipeline.runtime.delay import TIER_DELAYS_MS, Pace, delay_headers, tier_for, tier_topic
@@ -149,8 +155,9 @@ class RateLimitStage:
             if verdict.kind == "defer":
                 state.set("via_scheduler_until",
                           verdict.reservation.release_at_ms + SCHEDULER_MARGIN_MS)
-                RATELIMIT_BACKLOG.labels(dimension, bucket).set(
-                    max(0.0, verdict.reservation.tat_ms - now_ms) / 1000)
+                ahead_s = max(0.0, verdict.reservation.tat_ms - now_ms) / 1000
+                RATELIMIT_BACKLOG.labels(dimension, bucket).set(ahead_s)
+                RATELIMIT_QUEUED_SEGMENTS.labels(dimension, bucket).set(ahead_s * limit.rate)
             self._outcomes[(dimension, _OUTCOME[verdict.kind])].inc()
             return outs
 

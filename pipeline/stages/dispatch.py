@@ -1,0 +1,304 @@
+"""Dispatch stage: where a message leaves Telex, once, or ends in an explained failure.
+
+A dedicated asyncio loop on confluent-kafka (not Quix Streams): carrier I/O is concurrent (an SMPP
+window of outstanding submits), and a synchronous call inside a Quix ``apply`` would stall the
+partition. Per batch of up to ``TELEX_DISPATCH_BATCH`` records from ``dispatch-ready``:
+
+1. decide per record (pure, :mod:`pipeline.stages.dispatch_decision`): skip a message id the
+   journal already finished (a duplicate release), resolve an in-doubt one, route the rest
+   (:mod:`pipeline.routing`: longest prefix, circuit breaker per connector, failover);
+2. journal ATTEMPTING for every record to submit, and flush: durable before any network call;
+3. submit them all concurrently through their connectors;
+4. journal SUBMITTED (carrier id) or FAILED, emit ``sent``/``failed`` statuses, schedule retries
+   through the delay tiers (back into ``dispatch-ready``, attempt + 1), and flush;
+5. commit the batch's offsets.
+
+Guarantee: at-least-once to the carrier, with duplicates bounded by one batch. A crash between 2
+and 4 leaves ATTEMPTING entries without a result: those messages are read again from
+``dispatch-ready`` and resolved by the per-channel in-doubt policy; each resulting duplicate
+submit is matched by an in-doubt journal entry. The journal (compacted, keyed and partitioned
+like ``dispatch-ready``) is loaded per assigned partition on assignment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import structlog
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    Message,
+    Producer,
+    TopicPartition,
+)
+
+from connectors.base import Connector, ConnectorError, ErrorKind, SubmitRequest, SubmitResult
+from pipeline.carriers import Carriers
+from pipeline.codec import AvroCodec
+from pipeline.errors import ConfigError
+from pipeline.metrics import DEAD_LETTERS, RECORDS, RETRIES
+from pipeline.routing import OPEN, CircuitBreaker, choose, counts_against_health
+from pipeline.runtime.deadletter import Provenance, dead_letter_headers
+from pipeline.runtime.delay import delay_headers, tier_for, tier_topic
+from pipeline.settings import Settings
+from pipeline.stages import dispatch_decision as decision
+
+STAGE = "dispatch"
+IN_TOPIC = "dispatch-ready"
+
+log = structlog.get_logger("telex.dispatch")
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Journal:
+    """Latest journal entry per message id, for the partitions this worker owns."""
+
+    def __init__(self, settings: Settings, codec: AvroCodec) -> None:
+        self._settings = settings
+        self._codec = codec
+        self._latest: dict[str, dict[str, Any]] = {}
+
+    def get(self, message_id: str) -> dict[str, Any] | None:
+        return self._latest.get(message_id)
+
+    def record(self, entry: dict[str, Any]) -> None:
+        self._latest[entry["message_id"]] = entry
+
+    def load(self, partitions: list[int]) -> int:
+        """Read the journal's partitions from the beginning; returns entries read."""
+        topic = self._settings.topic("dispatch-journal")
+        consumer = Consumer({**self._settings.kafka_config(), "group.id": uuid.uuid4().hex,
+                             "enable.partition.eof": True, "enable.auto.commit": False})
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        done: set[int] = set()
+        count = 0
+        try:
+            while len(done) < len(partitions):
+                for msg in consumer.consume(1000, 1.0):
+                    err = msg.error()
+                    if err is not None:
+                        if err.code() == KafkaError._PARTITION_EOF:
+                            done.add(msg.partition())
+                        continue
+                    if msg.value() is None:
+                        self._latest.pop(msg.key().decode(), None)
+                        continue
+                    self.record(self._codec.decode(msg.value(),
+                                                   expected="dispatch_journal_entry"))
+                    count += 1
+        finally:
+            consumer.close()
+        return count
+
+
+class DispatchWorker:
+    """Consumes dispatch-ready and submits through the configured connectors."""
+
+    def __init__(self, settings: Settings, carriers: Carriers | None = None,
+                 rng: random.Random | None = None) -> None:
+        if carriers is None:
+            if not settings.carriers_file:
+                raise ConfigError("the dispatch stage needs TELEX_CARRIERS_FILE")
+            carriers = Carriers.from_file(settings.carriers_file)
+        self._settings = settings
+        self._carriers = carriers
+        self._codec = AvroCodec.from_settings(settings)
+        self._journal = Journal(settings, self._codec)
+        self._rng = rng or random.Random()
+        self._connectors: dict[str, Connector] = {}
+        self._breakers = {name: CircuitBreaker() for name in carriers.connectors}
+        self._consumer = Consumer({
+            **settings.kafka_config(), "group.id": settings.topic(STAGE),
+            "auto.offset.reset": "earliest", "enable.auto.commit": False,
+            "fetch.wait.max.ms": 20,
+        })
+        self._producer = Producer(settings.producer_config())
+        self._running = True
+        self._outcomes = {o: RECORDS.labels(STAGE, o) for o in (
+            "submitted", "failed", "retry", "duplicate", "in_doubt_resend")}
+
+    def stop(self) -> None:
+        self._running = False
+
+    async def run(self) -> None:
+        for name in self._carriers.connectors:
+            connector = self._carriers.build(name)
+            try:
+                await connector.start()
+            except ConnectorError as exc:  # the breaker keeps traffic away until it recovers
+                log.warning("connector_unavailable", connector=name, error=str(exc))
+                self._breakers[name].record_failure(_now_ms())
+            self._connectors[name] = connector
+        self._consumer.subscribe([self._settings.topic(IN_TOPIC)], on_assign=self._on_assign)
+        try:
+            while self._running:
+                batch = await asyncio.to_thread(
+                    self._consumer.consume, self._settings.dispatch_batch, 0.05)
+                records = [m for m in batch if m.error() is None]
+                if records:
+                    await self._dispatch(records)
+        finally:
+            for connector in self._connectors.values():
+                await connector.close()
+            await asyncio.to_thread(self._producer.flush, 30)
+            self._consumer.close()
+
+    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        loaded = self._journal.load([tp.partition for tp in partitions])
+        log.info("journal_loaded", partitions=[tp.partition for tp in partitions],
+                 entries=loaded)
+
+    async def _dispatch(self, records: list[Message]) -> None:
+        now = _now_ms()
+        to_submit: list[tuple[Message, dict[str, Any], str]] = []
+        for msg in records:
+            try:
+                message = self._codec.decode(msg.value(), expected="message_accepted")
+                plan = self._plan(message, now)
+            except Exception as exc:  # routed, counted and logged, never raised
+                self._dead_letter(msg, exc, now)
+                continue
+            if plan is not None:
+                self._journal_write(decision.attempting_entry(message, plan, now))
+                to_submit.append((msg, message, plan))
+        await self._flush()
+
+        results = await asyncio.gather(
+            *(self._submit(message, connector) for _, message, connector in to_submit),
+            return_exceptions=True)
+        done = _now_ms()
+        for (_, message, connector), result in zip(to_submit, results, strict=True):
+            self._settle(message, connector, result, done)
+        await self._flush()
+        offsets: dict[tuple[str, int], int] = {}
+        for msg in records:
+            offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
+        await asyncio.to_thread(self._consumer.commit, offsets=[
+            TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False)
+
+    def _plan(self, message: Mapping[str, Any], now: int) -> str | None:
+        """The connector to submit through, or None when nothing must be sent."""
+        latest = self._journal.get(message["message_id"])
+        if latest is not None and latest["state"] == decision.ATTEMPTING:
+            # A previous worker died between journaling the attempt and its result.
+            resolved = decision.resolve_in_doubt(latest, message["channel"], now)
+            self._journal_write(dict(resolved.journal))
+            self._outcomes["in_doubt_resend"].inc()
+            log.warning("in_doubt_resolved", message_id=message["message_id"],
+                        policy=str(resolved.policy), connector=latest["connector"],
+                        attempt=latest["attempt"])
+            if resolved.status is not None:
+                self._status(message, resolved.status)
+            latest = self._journal.get(message["message_id"])
+        submit, reason = decision.should_submit(latest, message)
+        if submit and now >= int(message["expires_at_ms"]):
+            # Never hand a carrier a message whose validity has ended (retries, in-doubt
+            # resends and late releases included).
+            expired = ConnectorError(ErrorKind.EXPIRED, "validity period ended before dispatch")
+            self._settle(dict(message), "none", expired, now)
+            return None
+        if not submit:
+            self._outcomes["duplicate"].inc()
+            log.info("dispatch_skipped", message_id=message["message_id"], reason=reason)
+            return None
+        candidates = self._carriers.routes.candidates(message["channel"], message["recipient"])
+        # All unhealthy: keep the primary; _submit fails it retryably without calling it.
+        return choose(candidates, self._breakers, now) or candidates[0]
+
+    async def _submit(self, message: Mapping[str, Any], name: str) -> SubmitResult:
+        breaker = self._breakers[name]
+        if breaker.state(_now_ms()) == OPEN:  # choose() found no healthy route
+            raise ConnectorError(ErrorKind.CONNECTION_LOST, f"{name}: circuit open, no healthy "
+                                 "route")
+        req = SubmitRequest(
+            message_id=message["message_id"], sender=message["sender"],
+            recipient=message["recipient"], body=message.get("body"),
+            channel=message["channel"],
+            validity_ms=max(1, int(message["expires_at_ms"]) - _now_ms()),
+            media_urls=tuple(message.get("media_urls") or ()),
+        )
+        try:
+            result = await self._connectors[name].submit(req)
+        except ConnectorError as exc:
+            if counts_against_health(exc.kind):
+                breaker.record_failure(_now_ms())
+            else:  # a refusal of this message: the carrier itself is answering
+                breaker.record_success(_now_ms())
+            raise
+        breaker.record_success(_now_ms())
+        return result
+
+    def _settle(self, message: dict[str, Any], connector: str,
+                result: SubmitResult | BaseException, now: int) -> None:
+        if isinstance(result, BaseException) and not isinstance(result, ConnectorError):
+            result = ConnectorError(ErrorKind.SERVER_ERROR, f"{type(result).__name__}: {result}")
+        outcome = decision.on_result(message, result, now, self._rng, connector=connector,
+                                     schedule=self._settings.retry_schedule_s)
+        self._journal_write(dict(outcome.journal))
+        if outcome.status is not None:
+            self._status(message, outcome.status)
+        if outcome.retry is not None:
+            retry = {**message, "attempt": outcome.retry.attempt}
+            self._produce(tier_topic(tier_for(outcome.retry.due_at_ms - now)),
+                          message["message_id"], self._codec.encode("message_accepted", retry),
+                          delay_headers(outcome.retry.due_at_ms, IN_TOPIC))
+            RETRIES.labels(STAGE, str(outcome.retry.attempt)).inc()
+            self._outcomes["retry"].inc()
+        else:
+            self._outcomes["submitted" if outcome.journal["state"] == decision.SUBMITTED
+                           else "failed"].inc()
+
+    def _journal_write(self, entry: dict[str, Any]) -> None:
+        self._journal.record(entry)
+        self._produce("dispatch-journal", entry["message_id"],
+                      self._codec.encode("dispatch_journal_entry", entry))
+
+    def _status(self, message: Mapping[str, Any], update: decision.StatusUpdate) -> None:
+        self._produce("delivery-status", message["message_id"], self._codec.encode(
+            "delivery_status", {
+                "message_id": message["message_id"], "account_id": message["account_id"],
+                "channel": message["channel"], "status": update.status, "sequence": 2,
+                "event_time_ms": update.event_time_ms, "recorded_at_ms": _now_ms(),
+                "error_code": update.error_code, "error_reason": update.error_reason,
+                "carrier_message_id": update.carrier_message_id,
+                "connector": update.connector, "segments": message["segments"],
+                "trace_id": message.get("trace_id"),
+            }))
+
+    def _produce(self, topic: str, key: str, value: bytes,
+                 headers: list[tuple[str, bytes]] | None = None) -> None:
+        while True:
+            try:
+                self._producer.produce(self._settings.topic(topic), key=key, value=value,
+                                       headers=headers or [], on_delivery=_check_delivery)
+                return
+            except BufferError:
+                self._producer.poll(0.01)
+
+    async def _flush(self) -> None:
+        if await asyncio.to_thread(self._producer.flush, 30) != 0:
+            raise RuntimeError("dispatch: journal or outputs not acknowledged within 30 s")
+
+    def _dead_letter(self, msg: Message, exc: Exception, now: int) -> None:
+        prov = Provenance(msg.topic(), msg.partition(), msg.offset(), msg.timestamp()[1])
+        key = msg.key().decode() if msg.key() else ""
+        self._produce("dlq-dispatch", key, msg.value() or b"",
+                      dead_letter_headers(msg.headers(), prov, STAGE, exc, now, key))
+        DEAD_LETTERS.labels(STAGE, type(exc).__name__).inc()
+        log.warning("dead_lettered", stage=STAGE, offset=msg.offset(),
+                    error_class=type(exc).__name__, error=str(exc))
+
+
+def _check_delivery(err: KafkaError | None, _msg: Message) -> None:
+    if err is not None:
+        raise RuntimeError(f"dispatch: delivery failed: {err.str()}")
