@@ -1,13 +1,15 @@
 """``telex demo``: the pipeline end to end on a local broker, with real output.
 
-Starts a Maven-assembled Kafka broker (unless KAFKA_BOOTSTRAP_SERVERS is set), applies the
-topic catalogue, runs the stage workers as real processes, publishes a mixed batch of requests
-through the SDK (duplicates, conflicting repeats, unregistered senders) and prints what came
-out of the pipeline, per status.
+Starts a Maven-assembled Kafka broker (unless KAFKA_BOOTSTRAP_SERVERS is set) and an SMSC
+simulator (SMPP 3.4 over TCP), applies the topic catalogue, runs the stage workers as real
+processes (ingest, rate limit, scheduler, dispatch), publishes a mixed batch of requests through
+the SDK (duplicates, conflicting repeats, unregistered senders) and prints each message's final
+status.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import subprocess
@@ -23,11 +25,12 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartiti
 
 from pipeline.codec import AvroCodec
 from pipeline.devbroker import DevBroker
+from pipeline.procutil import free_ports
 from pipeline.sdk import OutboundMessage, TelexProducer
 from pipeline.settings import Settings, load_settings
 from pipeline.topics import admin_client, apply_topics, catalogue
 
-STAGES = ("ingest", "ratelimit", "scheduler")
+STAGES = ("ingest", "ratelimit", "scheduler", "dispatch")
 # Senders of the demo registry with their default limits: short code 100/s, alphanumeric
 # 10/s, toll-free 3/s; requests are spread 90/8/2 % over them.
 _SENDERS = ((90, "55501"), (8, "TELEX"), (2, "+18445550100"))
@@ -90,13 +93,39 @@ def run(count: int = 2000, timeout: float = 120.0) -> int:
                                  state_dir=str(Path(tmp) / "state"))
         report = apply_topics(admin_client(settings), catalogue(settings))
         print(f"topics: {len(report.created)} created with prefix {settings.topic_prefix}")
+        smsc_port = free_ports(1)[0]
+        smsc = subprocess.Popen([sys.executable, "-m", "connectors.simulators.smsc",
+                                 "--port", str(smsc_port), "--account", "telex:demopass",
+                                 "--latency-ms", "2", "--throttle-rate", "0.02", "--seed", "1"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        carriers = Path(tmp) / "carriers.json"
+        carriers.write_text(json.dumps({
+            "connectors": [{"name": "smsc-demo", "type": "smpp", "host": "127.0.0.1",
+                            "port": smsc_port, "system_id": "telex",
+                            "password": "demopass", "window": 50}],
+            "routes": [{"channel": "sms", "prefix": "", "connectors": ["smsc-demo"]}]}))
+        print(f"carrier: SMSC simulator (SMPP 3.4) on 127.0.0.1:{smsc_port}, 2 ms latency, "
+              "2 % throttled")
         env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
                "TELEX_TOPIC_PREFIX": settings.topic_prefix, "TELEX_STATE_DIR": settings.state_dir,
-               "TELEX_LOG_LEVEL": "WARNING"}
-        workers = [subprocess.Popen([sys.executable, "-m", "pipeline.cli.main", "worker", s],
-                                    env=env) for s in STAGES]
+               "TELEX_LOG_LEVEL": os.environ.get("TELEX_LOG_LEVEL", "WARNING"),
+               "TELEX_CARRIERS_FILE": str(carriers),
+               "TELEX_RETRY_SCHEDULE_S": "[1, 2, 4]"}
+        logs = {s: Path(tmp) / f"{s}.log" for s in STAGES}
+        workers = []
+        for stage, path in logs.items():
+            with path.open("wb") as out:  # the child keeps its own descriptor
+                workers.append(subprocess.Popen(
+                    [sys.executable, "-m", "pipeline.cli.main", "worker", stage], env=env,
+                    stdout=out, stderr=subprocess.STDOUT))
+        workers.append(smsc)
         try:
-            return _run_batch(settings, count, timeout)
+            result = _run_batch(settings, count, timeout)
+            if result != 0:
+                for stage, path in logs.items():
+                    tail = path.read_text(errors="replace").splitlines()[-15:]
+                    print(f"\n--- {stage} worker log (last lines) ---\n" + "\n".join(tail))
+            return result
         finally:
             for w in workers:
                 w.terminate()
@@ -119,9 +148,7 @@ def _run_batch(settings: Settings, count: int, timeout: float) -> int:
         statuses = {}
         for key, value in _drain(settings, "delivery-status"):
             statuses[key.decode()] = codec.decode(value)["status"]
-        for key, _ in _drain(settings, "dispatch-ready"):
-            statuses[key.decode()] = "ready for dispatch"
-        settled = sum(s in ("failed", "ready for dispatch") for s in statuses.values())
+        settled = sum(s in ("failed", "sent") for s in statuses.values())
         if settled >= count:
             break
         time.sleep(0.5)  # pacing between polls of the topic; the condition is above
@@ -138,5 +165,8 @@ def _run_batch(settings: Settings, count: int, timeout: float) -> int:
     print(f"  duplicates absorbed: {plan['identical repeats']} identical repeats emitted nothing")
     print(f"  deferred by rate limits: {deferred} (short code 100/s, alphanumeric 10/s, "
           "toll-free 3/s)")
-    settled = sum(s in ("failed", "ready for dispatch") for s in statuses.values())
+    retries = sum(codec.decode(v)["state"] == "FAILED" and codec.decode(v)["retryable"]
+                  for _, v in _drain(settings, "dispatch-journal"))
+    print(f"  carrier retries (throttled, then resent): {retries}")
+    settled = sum(s in ("failed", "sent") for s in statuses.values())
     return 0 if settled >= count else 1

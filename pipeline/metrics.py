@@ -49,3 +49,23 @@ RATELIMIT_QUEUED_SEGMENTS = Gauge(
     "Segments booked ahead in a bucket: its queue depth.",
     ["dimension", "bucket"],
 )
+CONNECTOR_SUBMITS = Counter(
+    "telex_connector_submits_total",
+    "Submits per connector, by result: ok or the error kind (throttled, timeout, ...).",
+    ["connector", "result"],
+)
+CONNECTOR_SUBMIT_SECONDS = Histogram(
+    "telex_connector_submit_seconds",
+    "Time from handing a message to a connector until the carrier answered.",
+    ["connector"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+)
+CONNECTOR_WINDOW_IN_USE = Gauge(
+    "telex_connector_window_in_use", "Outstanding submits of a connector (its window).",
+    ["connector"],
+)
+CONNECTOR_BREAKER_STATE = Gauge(
+    "telex_connector_breaker_state",
+    "Circuit breaker per connector: 0 closed, 1 half-open, 2 open.",
+    ["connector"],
+)

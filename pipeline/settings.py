@@ -140,13 +140,19 @@ class Settings(BaseSettings):
         return conf
 
     def producer_config(self) -> dict[str, str | int | bool]:
-        """Producer options: idempotent, acks=all, batched (never one round trip per record)."""
+        """Producer options: idempotent, acks=all, batched (never one round trip per record).
+
+        The partitioner is murmur2, as Quix Streams' producer (and every Java client) uses:
+        a key must land on the same partition whichever Telex process writes it, or a bucket
+        gets two owners and one message's records lose their order.
+        """
         return {
             **self.kafka_config(),
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": 5,
             "compression.type": "lz4",
+            "partitioner": "murmur2",
         }
 
     def topic(self, name: str) -> str:

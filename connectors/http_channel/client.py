@@ -114,7 +114,7 @@ class WhatsAppClient:
                                  "only text messages are supported", channel=CHANNEL)
         payload = {
             "messaging_product": "whatsapp", "recipient_type": "individual",
-            "to": req.recipient.removeprefix("+"), "type": "text",
+            "to": req.recipient.removeprefix("whatsapp:").removeprefix("+"), "type": "text",
             "text": {"body": req.body, "preview_url": False},
             "biz_opaque_callback_data": req.message_id,
         }

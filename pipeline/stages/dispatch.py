@@ -43,14 +43,29 @@ from connectors.base import Connector, ConnectorError, ErrorKind, SubmitRequest,
 from pipeline.carriers import Carriers
 from pipeline.codec import AvroCodec
 from pipeline.errors import ConfigError
-from pipeline.metrics import DEAD_LETTERS, RECORDS, RETRIES
-from pipeline.routing import OPEN, CircuitBreaker, choose, counts_against_health
+from pipeline.metrics import (
+    CONNECTOR_BREAKER_STATE,
+    CONNECTOR_SUBMIT_SECONDS,
+    CONNECTOR_SUBMITS,
+    CONNECTOR_WINDOW_IN_USE,
+    DEAD_LETTERS,
+    RECORDS,
+    RETRIES,
+)
+from pipeline.routing import (
+    CLOSED,
+    HALF_OPEN,
+    OPEN,
+    choose,
+    counts_against_health,
+)
 from pipeline.runtime.deadletter import Provenance, dead_letter_headers
 from pipeline.runtime.delay import delay_headers, tier_for, tier_topic
 from pipeline.settings import Settings
 from pipeline.stages import dispatch_decision as decision
 
 STAGE = "dispatch"
+_BREAKER_LEVEL = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
 IN_TOPIC = "dispatch-ready"
 
 log = structlog.get_logger("telex.dispatch")
@@ -116,7 +131,7 @@ class DispatchWorker:
         self._journal = Journal(settings, self._codec)
         self._rng = rng or random.Random()
         self._connectors: dict[str, Connector] = {}
-        self._breakers = {name: CircuitBreaker() for name in carriers.connectors}
+        self._breakers = {name: carriers.breaker(name) for name in carriers.connectors}
         self._consumer = Consumer({
             **settings.kafka_config(), "group.id": settings.topic(STAGE),
             "auto.offset.reset": "earliest", "enable.auto.commit": False,
@@ -227,16 +242,27 @@ class DispatchWorker:
             validity_ms=max(1, int(message["expires_at_ms"]) - _now_ms()),
             media_urls=tuple(message.get("media_urls") or ()),
         )
+        connector = self._connectors[name]
+        started = time.perf_counter()
         try:
-            result = await self._connectors[name].submit(req)
+            result = await connector.submit(req)
         except ConnectorError as exc:
             if counts_against_health(exc.kind):
                 breaker.record_failure(_now_ms())
             else:  # a refusal of this message: the carrier itself is answering
                 breaker.record_success(_now_ms())
+            self._observe(name, str(exc.kind), started)
             raise
         breaker.record_success(_now_ms())
+        self._observe(name, "ok", started)
         return result
+
+    def _observe(self, name: str, result: str, started: float) -> None:
+        CONNECTOR_SUBMITS.labels(name, result).inc()
+        CONNECTOR_SUBMIT_SECONDS.labels(name).observe(time.perf_counter() - started)
+        CONNECTOR_WINDOW_IN_USE.labels(name).set(self._connectors[name].health.window_in_use)
+        CONNECTOR_BREAKER_STATE.labels(name).set(
+            _BREAKER_LEVEL[self._breakers[name].state(_now_ms())])
 
     def _settle(self, message: dict[str, Any], connector: str,
                 result: SubmitResult | BaseException, now: int) -> None:
