@@ -244,6 +244,11 @@ class CircuitBreaker:
                 return
         self._open(now_ms)
 
+    def trip(self, now_ms: int) -> None:
+        """Open now, whatever the count: the connector could not even connect."""
+        if self.state(now_ms) != OPEN:
+            self._open(now_ms)
+
     def _open(self, now_ms: int) -> None:
         self._failures = 0
         self._trials = 0

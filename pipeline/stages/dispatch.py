@@ -131,6 +131,8 @@ class DispatchWorker:
         self._journal = Journal(settings, self._codec)
         self._rng = rng or random.Random()
         self._connectors: dict[str, Connector] = {}
+        self._unstarted: set[str] = set()
+        self._starting: set[str] = set()
         self._breakers = {name: carriers.breaker(name) for name in carriers.connectors}
         self._consumer = Consumer({
             **settings.kafka_config(), "group.id": settings.topic(STAGE),
@@ -147,13 +149,7 @@ class DispatchWorker:
 
     async def run(self) -> None:
         for name in self._carriers.connectors:
-            connector = self._carriers.build(name)
-            try:
-                await connector.start()
-            except ConnectorError as exc:  # the breaker keeps traffic away until it recovers
-                log.warning("connector_unavailable", connector=name, error=str(exc))
-                self._breakers[name].record_failure(_now_ms())
-            self._connectors[name] = connector
+            await self._start_connector(name)
         self._consumer.subscribe([self._settings.topic(IN_TOPIC)], on_assign=self._on_assign)
         try:
             while self._running:
@@ -167,6 +163,26 @@ class DispatchWorker:
                 await connector.close()
             await asyncio.to_thread(self._producer.flush, 30)
             self._consumer.close()
+
+    async def _start_connector(self, name: str) -> bool:
+        """(Re)build and start a connector; on failure its breaker keeps traffic away, and a
+        later half-open trial starts it again (a client that never started stays closed)."""
+        if name in self._starting:  # another submit of this batch is starting it
+            return False
+        self._starting.add(name)
+        connector = self._carriers.build(name)
+        self._connectors[name] = connector
+        try:
+            await connector.start()
+        except ConnectorError as exc:
+            log.warning("connector_unavailable", connector=name, error=str(exc))
+            self._breakers[name].trip(_now_ms())
+            self._unstarted.add(name)
+            return False
+        finally:
+            self._starting.discard(name)
+        self._unstarted.discard(name)
+        return True
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         loaded = self._journal.load([tp.partition for tp in partitions])
@@ -242,6 +258,8 @@ class DispatchWorker:
             validity_ms=max(1, int(message["expires_at_ms"]) - _now_ms()),
             media_urls=tuple(message.get("media_urls") or ()),
         )
+        if name in self._unstarted and not await self._start_connector(name):
+            raise ConnectorError(ErrorKind.CONNECTION_LOST, f"{name}: cannot connect")
         connector = self._connectors[name]
         started = time.perf_counter()
         try:

@@ -252,3 +252,11 @@ def test_candidate_without_breaker_counts_as_healthy():
     breakers = {"smsc-a": _breaker()}
     _trip(breakers["smsc-a"], 0)
     assert choose(("smsc-a", "smsc-b"), breakers, 10) == "smsc-b"
+
+
+def test_trip_opens_a_closed_breaker_at_once():
+    """A connector that cannot connect opens its breaker without waiting for N failures."""
+    breaker = CircuitBreaker(failure_threshold=5)
+    breaker.trip(1_000)
+    assert breaker.state(1_000) == OPEN
+    assert not breaker.allow(1_001)

@@ -14,9 +14,10 @@ import pytest
 from connectors.simulators.smsc_model import Faults, SmscConfig
 from connectors.simulators.threaded import ThreadedSmsc
 from pipeline.codec import AvroCodec
+from pipeline.runtime.deadletter import H_ORIGINAL_TOPIC, H_STAGE, header_dict
 from pipeline.sdk import OutboundMessage, TelexProducer
 from pipeline.settings import Settings
-from tests.fixtures.telex import Worker, read_all
+from tests.fixtures.telex import Worker, produce, read_all
 
 CODEC = AvroCodec()
 REJECTED = "+14155550666"
@@ -145,3 +146,22 @@ def test_sigkill_of_dispatch_resends_only_in_doubt_attempts(
                 "dispatch-journal") if CODEC.decode(m.value())["state"] == "IN_DOUBT_RESOLVED"}
     print(f"\nduplicates after SIGKILL: {len(twice)}; in-doubt entries resolved: {len(in_doubt)}")
     assert len(twice) <= len(in_doubt) <= settings.dispatch_batch
+
+
+def test_undecodable_record_is_dead_lettered_and_dispatch_moves_on(
+    topics: Settings, worker: Callable[[str, Settings], Worker], tmp_path: Path,
+    smsc: ThreadedSmsc,
+):
+    """Garbage on dispatch-ready lands in dlq-dispatch with its provenance; the message behind
+    it is still submitted."""
+    settings = carriers(topics, tmp_path, smsc)
+    produce(settings, "dispatch-ready", [("TXgarbage", b"\x00not avro")])
+    start(settings, worker)
+    with TelexProducer(settings) as producer:
+        [mid] = producer.send_batch(messages(1, "after-garbage"))
+    assert statuses(settings, 1)[mid]["status"] == "sent"
+    [dead] = read_all(settings, "dlq-dispatch", until=lambda r: len(r) >= 1, timeout=30)
+    headers = header_dict(dead.headers())
+    assert dead.value() == b"\x00not avro" and dead.key() == b"TXgarbage"
+    assert headers[H_STAGE] == "dispatch"
+    assert headers[H_ORIGINAL_TOPIC] == settings.topic("dispatch-ready")

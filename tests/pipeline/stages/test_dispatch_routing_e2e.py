@@ -102,26 +102,40 @@ def test_whatsapp_messages_are_sent_once_through_the_http_channel(
     assert {i: s["carrier_message_id"] for i, s in final.items()} == wamid
 
 
-def test_unreachable_primary_fails_over_to_the_next_smsc(
+def test_unreachable_primary_fails_over_and_is_started_again_when_it_is_back(
     topics: Settings, worker: Callable[[str, Settings], Worker], tmp_path: Path,
     smsc_b: ThreadedSmsc,
 ):
     """Route sms → [smsc-a, smsc-b] with smsc-a not listening: every message ends 'sent'
-    through smsc-b, accepted there exactly once; none is lost or failed."""
+    through smsc-b, accepted there exactly once. Once an SMSC listens on smsc-a's address, a
+    half-open trial connects the never-started connector and traffic returns to it."""
     with ThreadedSmsc(SmscConfig()) as gone:  # a loopback port with nothing listening after
         dead_port = gone.port
     settings = with_carriers(topics, tmp_path, [
-        smpp("smsc-a", dead_port, bind_timeout_s=2, reconnect_max_s=2),
+        smpp("smsc-a", dead_port, bind_timeout_s=2, reconnect_max_s=2,
+             breaker={"base_cooldown_ms": 1000, "max_cooldown_ms": 2000}),
         smpp("smsc-b", smsc_b.port),
     ], [{"channel": "sms", "prefix": "", "connectors": ["smsc-a", "smsc-b"]}])
     start(settings, worker)
     with TelexProducer(settings) as producer:
         ids = producer.send_batch(sms(100, "down"))
-    final = statuses(settings, len(ids), timeout=90)
-    assert set(final) == set(ids), "every message ends sent or failed"
-    assert {(s["status"], s["connector"]) for s in final.values()} == {("sent", "smsc-b")}
-    accepted = accepted_texts(smsc_b)
-    assert len(accepted) == len(ids) and set(accepted.values()) == {1}
+        final = statuses(settings, len(ids), timeout=90)
+        assert set(final) == set(ids), "every message ends sent or failed"
+        assert {(s["status"], s["connector"]) for s in final.values()} == {("sent", "smsc-b")}
+        accepted = accepted_texts(smsc_b)
+        assert len(accepted) == len(ids) and set(accepted.values()) == {1}
+
+        with ThreadedSmsc(SmscConfig(port=dead_port)) as revived:
+            deadline = time.monotonic() + 60
+            probes: list[str] = []
+            while True:
+                assert time.monotonic() < deadline, "smsc-a never took traffic back"
+                probes += producer.send_batch(sms(1, f"revive{len(probes)}"))
+                found = statuses(settings, len(ids) + len(probes), timeout=30)
+                assert found[probes[-1]]["status"] == "sent"
+                if found[probes[-1]]["connector"] == "smsc-a":
+                    break
+            assert accepted_texts(revived), "the revived SMSC received the probe"
 
 
 def test_failover_while_primary_throttles_and_back_once_it_recovers(
