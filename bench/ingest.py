@@ -20,16 +20,15 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from tempfile import TemporaryDirectory
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from pipeline.devbroker import DevBroker
+from bench import harness
+from bench.harness import REPO, worker_env
 from pipeline.sdk import OutboundMessage, TelexProducer
 from pipeline.settings import Settings, load_settings
 from pipeline.topics import TopicSpec, admin_client, apply_topics, catalogue
 
-REPO = Path(__file__).resolve().parents[1]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -86,16 +85,10 @@ def _rate(arrivals: list[float]) -> float:
     return (len(arrivals) - 1) / span if span > 0 else float("inf")
 
 
-def _env(settings: Settings) -> dict[str, str]:
-    return {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
-            "TELEX_TOPIC_PREFIX": settings.topic_prefix, "TELEX_STATE_DIR": settings.state_dir,
-            "TELEX_LOG_LEVEL": "WARNING", "TELEX_PARTITIONS": str(settings.partitions)}
-
-
 def _measure(cmd: list[str], settings: Settings, out_topic: str, expected: int
              ) -> dict[str, float]:
     reader = _Arrivals(settings, out_topic)
-    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(settings))
+    proc = subprocess.Popen(cmd, cwd=REPO, env=worker_env(settings))
     try:
         arrivals = reader.wait_for(expected, timeout=600)
         cpu, rss = _proc_stats(proc.pid)
@@ -143,15 +136,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--json", type=Path, help="also write results to this file")
     args = parser.parse_args()
-    with TemporaryDirectory(prefix="telex-bench-") as tmp:
-        existing = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-        broker = None if existing else DevBroker(Path(tmp) / "kafka", die_with_parent=True)
-        bootstrap = existing or broker.start()  # type: ignore[union-attr]
-        try:
-            runs = [one_run(bootstrap, args.messages, Path(tmp)) for _ in range(args.runs)]
-        finally:
-            if broker is not None:
-                broker.stop()
+    runs = harness.runs(args.runs, lambda bootstrap, tmp: one_run(bootstrap, args.messages, tmp),
+                        "telex-bench-")
     print(f"\ningest stage vs plain confluent-kafka passthrough, {args.messages} messages, "
           f"{args.runs} runs, 6 partitions, one process each (median, spread)")
     for metric in ("msg_per_s", "cpu_s_per_1000", "peak_rss_mib"):

@@ -14,21 +14,18 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
-import statistics
 import subprocess
 import sys
 import time
 import uuid
 from collections import defaultdict
 from pathlib import Path
-from tempfile import TemporaryDirectory
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
-from bench.ingest import REPO, _env
+from bench import harness
+from bench.harness import REPO, worker_env
 from pipeline.codec import AvroCodec
-from pipeline.devbroker import DevBroker
 from pipeline.sdk import OutboundMessage, TelexProducer
 from pipeline.settings import Settings, load_settings
 from pipeline.topics import admin_client, apply_topics, catalogue
@@ -69,7 +66,7 @@ def one_run(bootstrap: str, seconds: int, tmp: Path) -> dict[str, float]:
                              state_dir=str(tmp / uuid.uuid4().hex),
                              senders_file=str(senders_file))
     apply_topics(admin_client(settings), catalogue(settings))
-    env = {**_env(settings), "TELEX_SENDERS_FILE": str(senders_file)}
+    env = {**worker_env(settings), "TELEX_SENDERS_FILE": str(senders_file)}
     procs = [subprocess.Popen([sys.executable, "-m", "pipeline.cli.main", "worker", s],
                               cwd=REPO, env=env) for s in ("ingest", "ratelimit", "scheduler")]
     try:
@@ -148,23 +145,13 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    with TemporaryDirectory(prefix="telex-rlbench-") as tmp:
-        existing = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-        broker = None if existing else DevBroker(Path(tmp) / "kafka", die_with_parent=True)
-        bootstrap = existing or broker.start()  # type: ignore[union-attr]
-        try:
-            runs = [one_run(bootstrap, args.seconds, Path(tmp)) for _ in range(args.runs)]
-        finally:
-            if broker is not None:
-                broker.stop()
-    print(f"\nrate limiter: {SLOW} senders at 1/s + {FAST} at 100/s, {args.seconds} s backlog "
-          f"each, {args.runs} runs (median, min, max)")
-    for metric in runs[0]:
-        values = [r[metric] for r in runs]
-        print(f"  {metric:20} {statistics.median(values):10.3f}  "
-              f"({min(values):.3f}, {max(values):.3f})")
+    results = harness.runs(args.runs,
+                           lambda bootstrap, tmp: one_run(bootstrap, args.seconds, tmp),
+                           "telex-rlbench-")
+    harness.print_summary(f"rate limiter: {SLOW} senders at 1/s + {FAST} at 100/s, "
+                          f"{args.seconds} s backlog each", results)
     if args.json:
-        args.json.write_text(json.dumps(runs, indent=2))
+        args.json.write_text(json.dumps(results, indent=2))
     return 0
 
 

@@ -155,6 +155,22 @@ class Settings(BaseSettings):
             "partitioner": "murmur2",
         }
 
+    def consumer_config(self, group: str) -> dict[str, str | int | bool]:
+        """Options of a stage's own consumer (manual commits, earliest, quick failover).
+
+        A 10 s session (instead of 45 s) lets the group move a killed worker's partitions to a
+        live one within seconds; heartbeats every 2 s keep healthy members well inside it.
+        """
+        return {
+            **self.kafka_config(),
+            "group.id": group,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 20,
+            "session.timeout.ms": 10_000,
+            "heartbeat.interval.ms": 2_000,
+        }
+
     def topic(self, name: str) -> str:
         """Full topic name of catalogue entry ``name``."""
         return f"{self.topic_prefix}{name}"

@@ -67,7 +67,10 @@ def make_app(
         state_dir=state_dir or settings.state_dir,
         loglevel=loglevel,  # type: ignore[arg-type]
         producer_extra_config={"linger.ms": 5, "compression.type": "lz4"},
-        consumer_extra_config={"fetch.wait.max.ms": 20},
+        consumer_extra_config={
+            k: v for k, v in settings.consumer_config(consumer_group).items()
+            if k in ("fetch.wait.max.ms", "session.timeout.ms", "heartbeat.interval.ms")
+        },
         **kwargs,
     )
 

@@ -87,11 +87,7 @@ class Scheduler:
         self._settings = settings
         self._clock = clock
         self._tiers = {settings.topic(tier_topic(i)): i for i in range(len(TIER_DELAYS_MS))}
-        self._consumer = Consumer({
-            **settings.kafka_config(), "group.id": settings.topic(STAGE),
-            "auto.offset.reset": "earliest", "enable.auto.commit": False,
-            "fetch.wait.max.ms": 20,
-        })
+        self._consumer = Consumer(settings.consumer_config(settings.topic(STAGE)))
         self._producer = Producer(settings.producer_config())
         self._parts: dict[PartitionKey, _Partition] = {}
         self._pacers: dict[str, _Pacer] = {}

@@ -134,11 +134,7 @@ class DispatchWorker:
         self._unstarted: set[str] = set()
         self._starting: set[str] = set()
         self._breakers = {name: carriers.breaker(name) for name in carriers.connectors}
-        self._consumer = Consumer({
-            **settings.kafka_config(), "group.id": settings.topic(STAGE),
-            "auto.offset.reset": "earliest", "enable.auto.commit": False,
-            "fetch.wait.max.ms": 20,
-        })
+        self._consumer = Consumer(settings.consumer_config(settings.topic(STAGE)))
         self._producer = Producer(settings.producer_config())
         self._running = True
         self._outcomes = {o: RECORDS.labels(STAGE, o) for o in (

@@ -1,0 +1,52 @@
+"""What every benchmark shares: a broker for the run, worker environments, summaries."""
+
+from __future__ import annotations
+
+import os
+import statistics
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from tempfile import TemporaryDirectory
+from typing import TypeVar
+
+from pipeline.devbroker import DevBroker
+from pipeline.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
+
+
+@contextmanager
+def local_broker(prefix: str) -> Iterator[tuple[str, Path]]:
+    """(bootstrap, scratch dir): KAFKA_BOOTSTRAP_SERVERS if set, else a fresh local broker."""
+    with TemporaryDirectory(prefix=prefix) as tmp:
+        existing = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+        broker = None if existing else DevBroker(Path(tmp) / "kafka", die_with_parent=True)
+        try:
+            yield existing or broker.start(), Path(tmp)  # type: ignore[union-attr]
+        finally:
+            if broker is not None:
+                broker.stop()
+
+
+def runs(count: int, one: Callable[[str, Path], T], prefix: str) -> list[T]:
+    """``count`` runs of ``one(bootstrap, scratch)`` on one broker."""
+    with local_broker(prefix) as (bootstrap, tmp):
+        return [one(bootstrap, tmp) for _ in range(count)]
+
+
+def worker_env(settings: Settings) -> dict[str, str]:
+    """Environment of a stage worker process for ``settings``."""
+    return {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+            "TELEX_TOPIC_PREFIX": settings.topic_prefix, "TELEX_STATE_DIR": settings.state_dir,
+            "TELEX_LOG_LEVEL": "WARNING", "TELEX_PARTITIONS": str(settings.partitions)}
+
+
+def print_summary(title: str, results: list[Mapping[str, float]], width: int = 24) -> None:
+    """One line per metric: median over runs, then (min, max)."""
+    print(f"\n{title} ({len(results)} runs: median (min, max))")
+    for metric in results[0]:
+        values = [r[metric] for r in results]
+        print(f"  {metric:{width}} {statistics.median(values):12.3f}  "
+              f"({min(values):.3f}, {max(values):.3f})")
