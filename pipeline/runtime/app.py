@@ -14,16 +14,22 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import structlog
 from quixstreams import Application
+from quixstreams.context import message_context
 from quixstreams.dataframe import StreamingDataFrame
 from quixstreams.kafka.configuration import ConnectionConfig
 from quixstreams.models import Topic
 from quixstreams.models.serializers import SerializationContext, Serializer
 
+from pipeline.metrics import DEAD_LETTERS
+from pipeline.runtime.deadletter import Provenance, dead_letter_headers
 from pipeline.settings import Settings
 from pipeline.topics import admin_client, apply_topics, catalogue
 
 Guarantee = Literal["at-least-once", "exactly-once"]
+
+_log = structlog.get_logger("telex.runtime")
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,3 +114,17 @@ def route_outputs(sdf: StreamingDataFrame, topics: Mapping[str, Topic]) -> Strea
     sdf = sdf.set_headers(lambda value, key, ts, headers: value.headers)
     sdf = sdf.set_timestamp(lambda value, key, ts, headers: int(time.time() * 1000))
     return sdf.to_topic(pick, key=lambda value: value.key)
+
+
+def dead_letter_out(stage: str, value: bytes | None, key: str | None, timestamp: int,
+                    headers: Any, exc: Exception, now_ms: float,
+                    message_id: str | None = None) -> Out:
+    """The dead-letter record of the record a Quix stage is processing: original bytes and
+    key, provenance headers from the message context, counted and logged."""
+    ctx = message_context()
+    prov = Provenance(ctx.topic, ctx.partition, ctx.offset, timestamp)
+    DEAD_LETTERS.labels(stage, type(exc).__name__).inc()
+    _log.warning("dead_lettered", stage=stage, topic=ctx.topic, partition=ctx.partition,
+                 offset=ctx.offset, error_class=type(exc).__name__, error=str(exc))
+    return Out(f"dlq-{stage}", key or "", value or b"",
+               dead_letter_headers(headers, prov, stage, exc, int(now_ms), message_id))

@@ -29,14 +29,20 @@ from typing import Any
 
 import structlog
 from quixstreams import Application
-from quixstreams.context import message_context
 from quixstreams.state import State
 
 from pipeline.codec import AvroCodec
 from pipeline.errors import error_title
-from pipeline.metrics import DEAD_LETTERS, PROCESSING_SECONDS, RECORDS, REJECTED
-from pipeline.runtime.app import Guarantee, Out, input_topic, make_app, output_topics, route_outputs
-from pipeline.runtime.deadletter import Provenance, dead_letter_headers
+from pipeline.metrics import PROCESSING_SECONDS, RECORDS, REJECTED
+from pipeline.runtime.app import (
+    Guarantee,
+    Out,
+    dead_letter_out,
+    input_topic,
+    make_app,
+    output_topics,
+    route_outputs,
+)
 from pipeline.senders import SenderRegistry, load_registry
 from pipeline.settings import Settings
 from pipeline.stages.dedup_decision import CONFLICT_CODE, Seen, Verdict
@@ -160,7 +166,8 @@ class IngestStage:
             outs = [Out(e.topic, req["message_id"], self._codec.encode(e.schema, e.record))
                     for e in decision.emits]
         except Exception as exc:  # every failure is routed, counted and logged, never raised
-            return [self._dead_letter(value, key, timestamp, headers, exc, now_ms)]
+            return [dead_letter_out(STAGE, value, key, timestamp, headers, exc, now_ms,
+                                    message_id=key)]
         if decision.store is not None:
             state.set(_STATE_KEY, decision.store.to_state(), ttl=self._ttl)
         self._outcomes[decision.outcome].inc()
@@ -174,17 +181,6 @@ class IngestStage:
             log.debug("request_duplicate", message_id=req["message_id"])
         return outs
 
-    def _dead_letter(
-        self, value: bytes, key: str | None, timestamp: int, headers: Any,
-        exc: Exception, now_ms: int,
-    ) -> Out:
-        ctx = message_context()
-        prov = Provenance(ctx.topic, ctx.partition, ctx.offset, timestamp)
-        DEAD_LETTERS.labels(STAGE, type(exc).__name__).inc()
-        log.warning("dead_lettered", stage=STAGE, topic=ctx.topic, partition=ctx.partition,
-                    offset=ctx.offset, error_class=type(exc).__name__, error=str(exc))
-        return Out("dlq-ingest", key or "", value or b"",
-                   dead_letter_headers(headers, prov, STAGE, exc, now_ms, key))
 
 
 def build_app(

@@ -27,20 +27,25 @@ from typing import Any
 
 import structlog
 from quixstreams import Application
-from quixstreams.context import message_context
 from quixstreams.state import State
 
 from pipeline.codec import AvroCodec
 from pipeline.limits import ACCOUNT, ROUTE, SENDER, Limits, bucket_of, load_limits
 from pipeline.metrics import (
-    DEAD_LETTERS,
     RATELIMIT_BACKLOG,
     RATELIMIT_QUEUED_SEGMENTS,
     RECORDS,
     REJECTED,
 )
-from pipeline.runtime.app import Guarantee, Out, input_topic, make_app, output_topics, route_outputs
-from pipeline.runtime.deadletter import Provenance, dead_letter_headers
+from pipeline.runtime.app import (
+    Guarantee,
+    Out,
+    dead_letter_out,
+    input_topic,
+    make_app,
+    output_topics,
+    route_outputs,
+)
 from pipeline.runtime.delay import TIER_DELAYS_MS, Pace, delay_headers, tier_for, tier_topic
 from pipeline.senders import load_registry
 from pipeline.settings import Settings
@@ -127,7 +132,7 @@ class RateLimitStage:
                                    reason=f"scheduled send-at {int(send_at)}")
             return [Out("rl-account", account, value)]
         except Exception as exc:  # routed, counted and logged, never raised
-            return [self._dead_letter(value, key, timestamp, headers, exc, now_ms)]
+            return [dead_letter_out(STAGE, value, key, timestamp, headers, exc, now_ms)]
 
     # -- one bucket step --
 
@@ -149,7 +154,7 @@ class RateLimitStage:
                 outs = self._act(dimension, bucket, limit, verdict, msg, value, next_topic,
                                  next_key(msg), now_ms, booked or 0.0)
             except Exception as exc:  # routed, counted and logged, never raised
-                return [self._dead_letter(value, key, timestamp, headers, exc, now_ms)]
+                return [dead_letter_out(STAGE, value, key, timestamp, headers, exc, now_ms)]
             if verdict.kind in ("release", "defer"):
                 state.set("tat", verdict.reservation.tat_ms)
             if verdict.kind == "defer":
@@ -202,15 +207,6 @@ class RateLimitStage:
         return [Out(tier, key, value, delay_headers(due_ms, target, pace)),
                 Out("ratelimit-deferrals", str(msg["message_id"]), explain)]
 
-    def _dead_letter(self, value: bytes, key: str | None, timestamp: int, headers: Any,
-                     exc: Exception, now_ms: float) -> Out:
-        ctx = message_context()
-        prov = Provenance(ctx.topic, ctx.partition, ctx.offset, timestamp)
-        DEAD_LETTERS.labels(STAGE, type(exc).__name__).inc()
-        log.warning("dead_lettered", stage=STAGE, topic=ctx.topic, partition=ctx.partition,
-                    offset=ctx.offset, error_class=type(exc).__name__, error=str(exc))
-        return Out("dlq-ratelimit", key or "", value or b"",
-                   dead_letter_headers(headers, prov, STAGE, exc, int(now_ms)))
 
 
 _OUTCOME = {"release": "released", "defer": "deferred", "queue_full": "queue_full",
