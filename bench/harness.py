@@ -38,9 +38,7 @@ def runs(count: int, one: Callable[[str, Path], T], prefix: str) -> list[T]:
 
 def worker_env(settings: Settings) -> dict[str, str]:
     """Environment of a stage worker process for ``settings``."""
-    return {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
-            "TELEX_TOPIC_PREFIX": settings.topic_prefix, "TELEX_STATE_DIR": settings.state_dir,
-            "TELEX_LOG_LEVEL": "WARNING", "TELEX_PARTITIONS": str(settings.partitions)}
+    return {**os.environ, **settings.to_env(), "TELEX_LOG_LEVEL": "WARNING"}
 
 
 def print_summary(title: str, results: list[Mapping[str, float]], width: int = 24) -> None:

@@ -21,13 +21,12 @@ import uuid
 from collections import defaultdict
 from pathlib import Path
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
-
 from bench import harness
 from bench.harness import REPO, worker_env
 from pipeline.codec import AvroCodec
 from pipeline.sdk import OutboundMessage, TelexProducer
 from pipeline.settings import Settings, load_settings
+from pipeline.topic_reader import read_from_start
 from pipeline.topics import admin_client, apply_topics, catalogue
 
 SLOW, FAST = 1000, 10
@@ -41,21 +40,8 @@ def _senders() -> list[dict[str, object]]:
 
 
 def _read(settings: Settings, topic: str) -> list[tuple[bytes, bytes, int]]:
-    full = settings.topic(topic)
-    c = Consumer({**settings.kafka_config(), "group.id": uuid.uuid4().hex,
-                  "enable.partition.eof": True, "enable.auto.commit": False})
-    parts = c.list_topics(full, timeout=10).topics[full].partitions
-    c.assign([TopicPartition(full, p, OFFSET_BEGINNING) for p in parts])
-    out, ends = [], set()
-    while len(ends) < len(parts):
-        for m in c.consume(5000, 0.5):
-            if m.error() is None:
-                out.append((m.key(), m.value(), m.timestamp()[1]))
-                ends.discard(m.partition())
-            elif m.error().code() == KafkaError._PARTITION_EOF:
-                ends.add(m.partition())
-    c.close()
-    return out
+    return [(m.key(), m.value(), m.timestamp()[1])
+            for m in read_from_start(settings, settings.topic(topic), timeout=None)]
 
 
 def one_run(bootstrap: str, seconds: int, tmp: Path) -> dict[str, float]:

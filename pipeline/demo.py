@@ -15,19 +15,17 @@ import random
 import subprocess
 import sys
 import time
-import uuid
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from tempfile import TemporaryDirectory
-
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from pipeline.codec import AvroCodec
 from pipeline.devbroker import DevBroker
 from pipeline.procutil import free_ports
 from pipeline.sdk import OutboundMessage, TelexProducer
 from pipeline.settings import Settings, load_settings
+from pipeline.topic_reader import read_from_start
 from pipeline.topics import admin_client, apply_topics, catalogue
 
 STAGES = ("ingest", "ratelimit", "scheduler", "dispatch")
@@ -63,22 +61,8 @@ def _requests(count: int, rng: random.Random) -> tuple[list[OutboundMessage], di
 
 
 def _drain(settings: Settings, topic: str) -> list[tuple[bytes, bytes]]:
-    full = settings.topic(topic)
-    consumer = Consumer({**settings.kafka_config(), "group.id": f"demo-{uuid.uuid4().hex}",
-                         "enable.partition.eof": True, "enable.auto.commit": False})
-    parts = consumer.list_topics(full, timeout=10).topics[full].partitions
-    consumer.assign([TopicPartition(full, p, OFFSET_BEGINNING) for p in parts])
-    out: list[tuple[bytes, bytes]] = []
-    at_end: set[int] = set()
-    while len(at_end) < len(parts):
-        for msg in consumer.consume(1000, 0.5):
-            if msg.error() is None:
-                out.append((msg.key(), msg.value()))
-                at_end.discard(msg.partition())
-            elif msg.error().code() == KafkaError._PARTITION_EOF:
-                at_end.add(msg.partition())
-    consumer.close()
-    return out
+    return [(m.key(), m.value())
+            for m in read_from_start(settings, settings.topic(topic), timeout=None)]
 
 
 def run(count: int = 2000, timeout: float = 120.0) -> int:
@@ -106,11 +90,10 @@ def run(count: int = 2000, timeout: float = 120.0) -> int:
             "routes": [{"channel": "sms", "prefix": "", "connectors": ["smsc-demo"]}]}))
         print(f"carrier: SMSC simulator (SMPP 3.4) on 127.0.0.1:{smsc_port}, 2 ms latency, "
               "2 % throttled")
-        env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-               "TELEX_TOPIC_PREFIX": settings.topic_prefix, "TELEX_STATE_DIR": settings.state_dir,
-               "TELEX_LOG_LEVEL": os.environ.get("TELEX_LOG_LEVEL", "WARNING"),
-               "TELEX_CARRIERS_FILE": str(carriers),
-               "TELEX_RETRY_SCHEDULE_S": "[1, 2, 4]"}
+        settings = settings.model_copy(update={"carriers_file": str(carriers),
+                                               "retry_schedule_s": (1, 2, 4)})
+        env = {**os.environ, **settings.to_env(),
+               "TELEX_LOG_LEVEL": os.environ.get("TELEX_LOG_LEVEL", "WARNING")}
         logs = {s: Path(tmp) / f"{s}.log" for s in STAGES}
         workers = []
         for stage, path in logs.items():

@@ -7,6 +7,7 @@ Secrets are ``SecretStr``: they never appear in ``repr``, logs or ``telex`` outp
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from typing import Literal
 
@@ -174,6 +175,22 @@ class Settings(BaseSettings):
     def topic(self, name: str) -> str:
         """Full topic name of catalogue entry ``name``."""
         return f"{self.topic_prefix}{name}"
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as the environment variables a child process (a stage worker) reads
+        back into equal settings. Secrets are included: this is for a child's environment,
+        never for printing."""
+        env: dict[str, str] = {}
+        for name, field in type(self).model_fields.items():
+            value = getattr(self, name)
+            if value is None or not isinstance(field.validation_alias, str):
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            elif isinstance(value, tuple):
+                value = json.dumps(list(value))
+            env[field.validation_alias] = str(value)
+        return env
 
     def redacted(self) -> dict[str, object]:
         """Settings as a dict safe to print or log (secrets masked)."""

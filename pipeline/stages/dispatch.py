@@ -25,13 +25,11 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
 import structlog
 from confluent_kafka import (
-    OFFSET_BEGINNING,
     Consumer,
     KafkaError,
     Message,
@@ -63,6 +61,7 @@ from pipeline.runtime.deadletter import Provenance, dead_letter_headers
 from pipeline.runtime.delay import delay_headers, tier_for, tier_topic
 from pipeline.settings import Settings
 from pipeline.stages import dispatch_decision as decision
+from pipeline.topic_reader import read_from_start
 
 STAGE = "dispatch"
 _BREAKER_LEVEL = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
@@ -91,28 +90,14 @@ class Journal:
 
     def load(self, partitions: list[int]) -> int:
         """Read the journal's partitions from the beginning; returns entries read."""
-        topic = self._settings.topic("dispatch-journal")
-        consumer = Consumer({**self._settings.kafka_config(), "group.id": uuid.uuid4().hex,
-                             "enable.partition.eof": True, "enable.auto.commit": False})
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-        done: set[int] = set()
         count = 0
-        try:
-            while len(done) < len(partitions):
-                for msg in consumer.consume(1000, 1.0):
-                    err = msg.error()
-                    if err is not None:
-                        if err.code() == KafkaError._PARTITION_EOF:
-                            done.add(msg.partition())
-                        continue
-                    if msg.value() is None:
-                        self._latest.pop(msg.key().decode(), None)
-                        continue
-                    self.record(self._codec.decode(msg.value(),
-                                                   expected="dispatch_journal_entry"))
-                    count += 1
-        finally:
-            consumer.close()
+        for msg in read_from_start(self._settings, self._settings.topic("dispatch-journal"),
+                                   partitions=partitions, timeout=None):
+            if msg.value() is None:  # tombstone
+                self._latest.pop(msg.key().decode(), None)
+                continue
+            self.record(self._codec.decode(msg.value(), expected="dispatch_journal_entry"))
+            count += 1
         return count
 
 

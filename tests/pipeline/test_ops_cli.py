@@ -17,8 +17,9 @@ from tests.fixtures.telex import REPO, Worker, produce, read_all
 
 def telex(settings: Settings, *args: str, bootstrap: str | None = None
           ) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap or settings.kafka_bootstrap_servers,
-           "TELEX_TOPIC_PREFIX": settings.topic_prefix, "TELEX_PARTITIONS": "3"}
+    env = {**os.environ, **settings.to_env()}
+    if bootstrap:
+        env["KAFKA_BOOTSTRAP_SERVERS"] = bootstrap
     return subprocess.run([sys.executable, "-m", "pipeline.cli.main", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=120)
 

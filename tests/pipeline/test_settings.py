@@ -48,3 +48,13 @@ def test_invalid_value_is_a_config_error():
     """A bad value is reported as ConfigError naming the field."""
     with pytest.raises(ConfigError, match="partitions"):
         load_settings(partitions=0)
+
+
+def test_to_env_round_trips(monkeypatch: pytest.MonkeyPatch):
+    """A worker started with to_env() reads back equal settings (lists and secrets included)."""
+    original = load_settings(kafka_bootstrap_servers="10.0.0.1:9093", topic_prefix="t1.",
+                             partitions=3, retry_schedule_s=(1, 2), kafka_sasl_password="pw",
+                             commit_interval_s=0.5)
+    for key, value in original.to_env().items():
+        monkeypatch.setenv(key, value)
+    assert load_settings() == original

@@ -60,8 +60,7 @@ def test_changed_config_is_applied(settings: Settings):
 
 def test_cli_apply_and_list(settings: Settings):
     """`telex topics apply` then `telex topics list --json` show every topic present."""
-    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
-           "TELEX_TOPIC_PREFIX": settings.topic_prefix, "TELEX_PARTITIONS": "3"}
+    env = {**os.environ, **settings.to_env()}
     cli = [sys.executable, "-m", "pipeline.cli.main", "topics"]
     first = subprocess.run([*cli, "apply", "--json"], env=env, cwd=REPO,
                            capture_output=True, text=True, timeout=120)
