@@ -21,6 +21,7 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from pipeline.codec import AvroCodec
 from pipeline.errors import TelexError
+from pipeline.producing import produce_waiting
 from pipeline.settings import Settings, get_settings
 from pipeline.stages.validate import Rejection, validate
 
@@ -109,16 +110,8 @@ class TelexProducer:
 
     def _produce(self, request: dict[str, Any], on_done: Any) -> None:
         value = self._codec.encode("message_requested", request)
-        while True:
-            try:
-                self._producer.produce(
-                    self._topic, key=request["message_id"], value=value,
-                    on_delivery=on_done,
-                )
-                return
-            except BufferError:
-                # Local queue full: serve delivery reports to make room, never drop.
-                self._producer.poll(0.05)
+        produce_waiting(self._producer, self._topic, key=request["message_id"], value=value,
+                        on_delivery=on_done)
 
     def send(self, message: OutboundMessage) -> str:
         """Publish one request; returns its message id once the broker acknowledged it."""

@@ -27,6 +27,7 @@ import structlog
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
 from pipeline.metrics import DEAD_LETTERS, RECORDS
+from pipeline.producing import produce_waiting
 from pipeline.runtime.deadletter import Provenance, dead_letter_headers
 from pipeline.runtime.delay import (
     H_DUE,
@@ -256,13 +257,8 @@ class Scheduler:
 
     def _produce(self, topic: str, key: bytes | None, value: bytes | None,
                  headers: list[tuple[str, bytes]], ts: int) -> None:
-        while True:
-            try:
-                self._producer.produce(topic, key=key, value=value, headers=headers,
-                                       timestamp=ts, on_delivery=_check_delivery)
-                return
-            except BufferError:
-                self._producer.poll(0.01)
+        produce_waiting(self._producer, topic, key=key, value=value, headers=headers,
+                        timestamp=ts, on_delivery=_check_delivery)
 
     def _dead_letter(self, msg: Message, exc: Exception, now_ms: float) -> None:
         prov = Provenance(msg.topic(), msg.partition(), msg.offset(), msg.timestamp()[1])

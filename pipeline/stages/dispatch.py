@@ -50,6 +50,7 @@ from pipeline.metrics import (
     RECORDS,
     RETRIES,
 )
+from pipeline.producing import produce_waiting
 from pipeline.routing import (
     CLOSED,
     HALF_OPEN,
@@ -302,13 +303,8 @@ class DispatchWorker:
 
     def _produce(self, topic: str, key: str, value: bytes,
                  headers: list[tuple[str, bytes]] | None = None) -> None:
-        while True:
-            try:
-                self._producer.produce(self._settings.topic(topic), key=key, value=value,
-                                       headers=headers or [], on_delivery=_check_delivery)
-                return
-            except BufferError:
-                self._producer.poll(0.01)
+        produce_waiting(self._producer, self._settings.topic(topic), key=key, value=value,
+                        headers=headers or [], on_delivery=_check_delivery)
 
     async def _flush(self) -> None:
         if await asyncio.to_thread(self._producer.flush, 30) != 0:
