@@ -61,7 +61,7 @@ def one_run(bootstrap: str, n: int, window: int, tmp: Path) -> dict[str, float]:
                                  "dispatch"], cwd=REPO,
                                 env={**worker_env(settings), "TELEX_CARRIERS_FILE": str(carriers)})
         try:
-            read_all(settings, "delivery-status", until=lambda r: len(r) >= n, timeout=600)
+            read_all(settings, "status-updates", until=lambda r: len(r) >= n, timeout=600)
         finally:
             proc.terminate()
             proc.wait(30)
@@ -76,7 +76,7 @@ def one_run(bootstrap: str, n: int, window: int, tmp: Path) -> dict[str, float]:
             submitted.append(e["at_ms"])
     latencies = sorted(
         codec.decode(m.value())["event_time_ms"] - attempting[m.key().decode()]
-        for m in read_all(settings, "delivery-status"))
+        for m in read_all(settings, "status-updates"))
     submitted.sort()
     rate = (len(submitted) - 1) / ((submitted[-1] - submitted[0]) / 1000)
     return {"dispatch_msg_per_s": rate, "baseline_smpp_msg_per_s": baseline,

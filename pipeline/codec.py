@@ -72,6 +72,7 @@ class SchemaName(StrEnum):
     DEAD_LETTER_ENVELOPE = "dead_letter_envelope"
     RATELIMIT_DEFERRAL = "ratelimit_deferral"
     REQUEST_REJECTED = "request_rejected"
+    STATUS_UPDATE = "status_update"
 
 
 def _load_raw(directory: Path) -> dict[str, Schema]:

@@ -19,6 +19,8 @@ STAGE_INPUTS: dict[str, tuple[str, ...]] = {
     "ratelimit": ("message-accepted", "rl-account", "rl-route", "rl-sender"),
     "scheduler": tuple(tier_topic(i) for i in range(len(TIER_DELAYS_MS))),
     "dispatch": ("dispatch-ready",),
+    "reconcile": ("carrier-receipts",),
+    "status": ("status-updates",),
 }
 
 

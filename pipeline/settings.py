@@ -114,6 +114,23 @@ class Settings(BaseSettings):
         86_400, ge=60, validation_alias="TELEX_DEDUP_WINDOW_S",
         description="TELEX_DEDUP_WINDOW_S: how long an idempotency key is remembered (24 h).",
     )
+    receipt_window_s: float = Field(
+        172_800, gt=0, validation_alias="TELEX_RECEIPT_WINDOW_S",
+        description="TELEX_RECEIPT_WINDOW_S: how long a sent message waits for its delivery "
+        "receipt before it ends undelivered with 30008 (48 h; carriers retry for up to the "
+        "validity period).",
+    )
+    receipt_match_ttl_s: float = Field(
+        30, gt=0, validation_alias="TELEX_RECEIPT_MATCH_TTL_S",
+        description="TELEX_RECEIPT_MATCH_TTL_S: how long a receipt waits for dispatch to "
+        "announce its carrier id before it is matched by message id or goes to "
+        "receipts-unmatched.",
+    )
+    receipt_resends: int = Field(
+        1, ge=0, le=5, validation_alias="TELEX_RECEIPT_RESENDS",
+        description="TELEX_RECEIPT_RESENDS: resends through another route after a receipt "
+        "with a resendable failure (30003, 30008, 30017) on SMS; 0 disables them.",
+    )
 
     @field_validator("kafka_bootstrap_servers")
     @classmethod

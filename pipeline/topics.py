@@ -32,7 +32,8 @@ STREAM = "stream"
 COMPACTED = "compacted"
 
 # Stages that own a dead-letter topic, in pipeline order.
-STAGES = ("ingest", "dedup", "ratelimit", "dispatch", "retry", "reconcile", "callbacks")
+STAGES = ("ingest", "dedup", "ratelimit", "dispatch", "retry", "reconcile", "status",
+          "callbacks")
 
 
 
@@ -92,11 +93,15 @@ def catalogue(settings: Settings) -> list[TopicSpec]:
         spec("dispatch-journal", COMPACTED, _compacted(),
              "DispatchJournalEntry: ATTEMPTING / SUBMITTED / FAILED; key = message id"),
         spec("carrier-receipts", STREAM, _stream(7),
-             "CarrierReceipt from SMPP deliver_sm and HTTP webhooks; key = connector:carrier id"),
+             "CarrierReceipt from SMPP deliver_sm and HTTP webhooks, and StatusUpdate 'sent' "
+             "from dispatch announcing each submission; key = connector:carrier id"),
         spec("receipts-unmatched", STREAM, _stream(30),
              "CarrierReceipt that matched no journal entry within its TTL"),
+        spec("status-updates", STREAM, _stream(7),
+             "StatusUpdate (internal): what stages and receipts report, and deadlines; the "
+             "status stage orders them into delivery-status; key = message id"),
         spec("delivery-status", STREAM, _stream(30),
-             "DeliveryStatus history, every transition; key = message id"),
+             "DeliveryStatus history, every event in sequence order; key = message id"),
         spec("delivery-status-latest", COMPACTED, _compacted(),
              "DeliveryStatus, latest per message; key = message id"),
         spec("dlq-parked", STREAM, _stream(30),

@@ -4,7 +4,9 @@
 (``messages[0].id`` a wamid), after a configurable latency, with 429 above a rate cap and with
 injected errors. Accepted messages get status webhooks (sent, delivered, read or failed) POSTed
 to ``callback_url`` after a delay, signed with X-Hub-Signature-256, optionally duplicated,
-reordered or badly signed. Every request and webhook is recorded.
+reordered or badly signed. Receipt chaos for reconciliation tests (statuses POSTed before the
+send is answered, lost, final-before-intermediate, for a wamid never issued) is decided per send
+and recorded in :attr:`SendRecord.receipts`. Every request and webhook is recorded.
 
 Standard-library ``ThreadingHTTPServer``: one thread per connection is plenty on loopback, and
 the server can be used from synchronous and asyncio tests alike.
@@ -30,6 +32,7 @@ from connectors.simulators.webhook_sender import WebhookRecord, WebhookSender
 
 _STATUS_CHAIN = {"sent": ["sent"], "delivered": ["sent", "delivered"],
                  "read": ["sent", "delivered", "read"], "failed": ["failed"]}
+_INTERMEDIATE = "sent"
 
 
 class _Server(ThreadingHTTPServer):
@@ -60,9 +63,45 @@ class HttpFaults:
     reject_recipients: set[str] = field(default_factory=set)  # 400 with ``reject_code``
     reject_code: int = 131026
     fail_recipients: set[str] = field(default_factory=set)  # accepted, then a failed status
-    duplicate_status_rate: float = 0.0
+    duplicate_receipt_rate: float = 0.0  # one status of the message sent twice
     reorder_rate: float = 0.0  # statuses of a message sent in reverse order
     bad_signature_rate: float = 0.0
+    # Receipt chaos, as the SMSC simulator's Faults names it (see StatusPlan).
+    early_receipt_rate: float = 0.0  # statuses POSTed (and answered) before the send's response
+    unknown_receipt_rate: float = 0.0  # one more status, for a wamid never issued
+    lost_receipt_rate: float = 0.0  # no status at all (overrides early/duplicate/reorder)
+    out_of_order_rate: float = 0.0  # the final status first, then "sent"
+
+    @property
+    def duplicate_status_rate(self) -> float:
+        """Former name of :attr:`duplicate_receipt_rate`."""
+        return self.duplicate_receipt_rate
+
+    @duplicate_status_rate.setter
+    def duplicate_status_rate(self, rate: float) -> None:
+        self.duplicate_receipt_rate = rate
+
+
+@dataclass(frozen=True, slots=True)
+class StatusPlan:
+    """What the simulator decided to send as status webhooks for one accepted message.
+
+    ``status`` is the outcome (the message's expected final state unless ``lost``); ``statuses``
+    are the webhooks for ``wamid`` in the order POSTed, () when lost. ``early``: they were all
+    POSTed, and answered by the receiver, before the send's HTTP response was written.
+    ``unknown_id`` names an extra webhook (status ``status``, no biz_opaque_callback_data) for a
+    wamid no response ever carried.
+    """
+
+    wamid: str
+    status: str
+    statuses: tuple[str, ...]
+    early: bool = False
+    duplicate: bool = False
+    lost: bool = False
+    reordered: bool = False
+    out_of_order: bool = False
+    unknown_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +113,7 @@ class SendRecord:
     opaque: str | None  # biz_opaque_callback_data
     wamid: str | None
     http_status: int
+    receipts: StatusPlan | None = None  # None: not accepted, or no callback_url
 
 
 class HttpChannelSimulator:
@@ -105,6 +145,10 @@ class HttpChannelSimulator:
     def webhooks(self) -> list[WebhookRecord]:
         return self._webhooks.sent
 
+    def receipt_plans(self) -> dict[str, StatusPlan]:
+        """Status webhook decisions so far, by issued wamid."""
+        return {r.receipts.wamid: r.receipts for r in list(self.sends) if r.receipts}
+
     def start(self) -> HttpChannelSimulator:
         self._thread.start()
         self._webhooks.start()
@@ -131,6 +175,7 @@ class HttpChannelSimulator:
         body = str((message.get("text") or {}).get("body", ""))
         opaque = message.get("biz_opaque_callback_data")
         f = self.faults
+        early: list[tuple[dict[str, Any], str, str, bool]] = []
         with self._lock:
             if (self._bucket and not self._bucket.take()) or self._chance(f.throttle_rate):
                 status, reply = 429, _error(130429, "Rate limit hit")
@@ -141,33 +186,70 @@ class HttpChannelSimulator:
             else:
                 status, reply = 200, {}
             wamid = "wamid." + secrets.token_urlsafe(24) if status == 200 else None
+            plan = None
             if wamid is not None:
                 reply = {"messaging_product": "whatsapp",
                          "contacts": [{"input": to, "wa_id": to}], "messages": [{"id": wamid}]}
-                self._schedule(phone_number_id, wamid, to, opaque)
+                plan = self._schedule(phone_number_id, wamid, to, opaque, early)
             self.sends.append(SendRecord(time.monotonic(), phone_number_id, to, body,
                                          opaque if isinstance(opaque, str) else None, wamid,
-                                         status))
+                                         status, plan))
+        # Early statuses go out from this handler thread, outside the lock, before the caller
+        # writes the response: the receiver has seen (and answered) them before the sender
+        # learns the wamid.
+        for payload, wamid_, status_, bad in early:
+            self._webhooks.post_now(payload, wamid_, status_, bad_signature=bad, early=True)
         return status, reply
 
-    def _schedule(self, phone_number_id: str, wamid: str, to: str, opaque: object) -> None:
+    def _schedule(self, phone_number_id: str, wamid: str, to: str, opaque: object,
+                  early: list[tuple[dict[str, Any], str, str, bool]]) -> StatusPlan | None:
+        """Decide this message's status webhooks; schedule them, or append them to ``early``."""
         if self.config.callback_url is None:
-            return
+            return None
+        plan = self._plan(wamid, to)
+        due = time.monotonic() + self.config.status_delay_s
+        for status in plan.statuses:
+            payload = _status_payload(phone_number_id, wamid, to, status, opaque,
+                                      self.config.failed_code)
+            bad = self._chance(self.faults.bad_signature_rate)
+            if plan.early:
+                early.append((payload, wamid, status, bad))
+            else:
+                self._webhooks.schedule(due, payload, wamid, status, bad_signature=bad)
+        if plan.unknown_id is not None:
+            payload = _status_payload(phone_number_id, plan.unknown_id, to, plan.status, None,
+                                      self.config.failed_code)
+            self._webhooks.schedule(due, payload, plan.unknown_id, plan.status, unknown=True)
+        return plan
+
+    def _plan(self, wamid: str, to: str) -> StatusPlan:
+        """The statuses of one message. Rates are drawn in a fixed order and only when above
+        zero, so a seed replays the same run, and the same run as before a fault existed."""
         f = self.faults
         outcomes = self.config.outcomes
         outcome = "failed" if to in f.fail_recipients else self._rng.choices(
             list(outcomes), list(outcomes.values()))[0]
-        chain = list(_STATUS_CHAIN[outcome])
-        if self._chance(f.duplicate_status_rate):
-            chain.append(self._rng.choice(chain))
-        if self._chance(f.reorder_rate):
+        base = _STATUS_CHAIN[outcome]
+        duplicate = self._chance(f.duplicate_receipt_rate)
+        extra = self._rng.choice(base) if duplicate else None
+        reordered = self._chance(f.reorder_rate)
+        lost = self._chance(f.lost_receipt_rate)
+        early = self._chance(f.early_receipt_rate)
+        out_of_order = self._chance(f.out_of_order_rate) and outcome != _INTERMEDIATE
+        unknown_id = ("wamid." + secrets.token_urlsafe(24)
+                      if self._chance(f.unknown_receipt_rate) else None)
+        if lost:
+            return StatusPlan(wamid, outcome, (), lost=True, unknown_id=unknown_id)
+        chain = list(base)
+        if out_of_order:
+            chain = [outcome, *(s for s in base if s != outcome)] if len(base) > 1 else [
+                outcome, _INTERMEDIATE]
+        if extra is not None:
+            chain.append(extra)
+        if reordered:
             chain.reverse()
-        due = time.monotonic() + self.config.status_delay_s
-        for status in chain:
-            payload = _status_payload(phone_number_id, wamid, to, status, opaque,
-                                      self.config.failed_code)
-            self._webhooks.schedule(due, payload, wamid, status,
-                                    bad_signature=self._chance(f.bad_signature_rate))
+        return StatusPlan(wamid, outcome, tuple(chain), early=early, duplicate=duplicate,
+                          reordered=reordered, out_of_order=out_of_order, unknown_id=unknown_id)
 
     def _chance(self, rate: float) -> bool:
         return rate > 0 and self._rng.random() < rate
@@ -252,16 +334,34 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--status-delay-ms", type=float, default=0.0)
     ap.add_argument("--throttle-rate", type=float, default=0.0)
     ap.add_argument("--server-error-rate", type=float, default=0.0)
-    ap.add_argument("--duplicate-status-rate", type=float, default=0.0)
+    ap.add_argument("--outcome", action="append", default=[], metavar="STATUS:WEIGHT",
+                    help="status outcome mix, e.g. read:0.8 failed:0.2 (default read:1)")
+    ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--duplicate-receipt-rate", "--duplicate-status-rate", type=float,
+                    default=0.0)
     ap.add_argument("--reorder-rate", type=float, default=0.0)
+    ap.add_argument("--early-receipt-rate", type=float, default=0.0,
+                    help="statuses POSTed before the send is answered")
+    ap.add_argument("--unknown-receipt-rate", type=float, default=0.0,
+                    help="extra status for a wamid never issued")
+    ap.add_argument("--lost-receipt-rate", type=float, default=0.0, help="no status at all")
+    ap.add_argument("--out-of-order-rate", type=float, default=0.0,
+                    help="final status first, then sent")
     a = ap.parse_args(argv)
+    outcomes = {k: float(v) for k, v in (x.split(":", 1) for x in a.outcome)} or {"read": 1.0}
+    unknown = set(outcomes) - set(_STATUS_CHAIN)
+    if unknown:
+        ap.error(f"unknown outcome {sorted(unknown)}; known: {sorted(_STATUS_CHAIN)}")
     config = HttpChannelConfig(
         host=a.host, port=a.port, access_token=a.access_token, app_secret=a.app_secret,
         callback_url=a.callback_url, latency_s=a.latency_ms / 1000, max_requests_per_s=a.max_rate,
-        status_delay_s=a.status_delay_ms / 1000)
+        status_delay_s=a.status_delay_ms / 1000, outcomes=outcomes, seed=a.seed)
     faults = HttpFaults(throttle_rate=a.throttle_rate, server_error_rate=a.server_error_rate,
-                        duplicate_status_rate=a.duplicate_status_rate,
-                        reorder_rate=a.reorder_rate)
+                        duplicate_receipt_rate=a.duplicate_receipt_rate,
+                        reorder_rate=a.reorder_rate, early_receipt_rate=a.early_receipt_rate,
+                        unknown_receipt_rate=a.unknown_receipt_rate,
+                        lost_receipt_rate=a.lost_receipt_rate,
+                        out_of_order_rate=a.out_of_order_rate)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -7,7 +7,9 @@ and sends delivery receipts as deliver_sm after a delay. Every submit_sm is reco
 measure rates on the server side.
 
 Receipts go to a live transceiver/receiver session of the same system_id; when none is bound
-they wait for the next bind, as an SMSC stores them.
+they wait for the next bind, as an SMSC stores them. Receipt chaos (early, duplicated, lost,
+out-of-order receipts and receipts for ids never issued) is decided per submit and recorded in
+:attr:`SubmitRecord.receipts`, so a test knows every message's expected final state.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from connectors.simulators.smsc_model import (
     IdAllocator,
     IdFormat,
     ReceiptForm,
+    ReceiptPlan,
     ReceiptRecord,
     SmscConfig,
     SubmitRecord,
@@ -72,6 +75,8 @@ class _Receipt:
     record: SubmitRecord
     stat: str
     duplicate: bool = False
+    early: bool = False
+    unknown: bool = False
 
 
 class SmscSimulator:
@@ -101,6 +106,10 @@ class SmscSimulator:
     @property
     def bound_sessions(self) -> int:
         return sum(1 for s in self._sessions if s.system_id)
+
+    def receipt_plans(self) -> dict[str, ReceiptPlan]:
+        """Receipt decisions so far, by the message id issued in submit_sm_resp."""
+        return {r.receipts.message_id: r.receipts for r in self.submits if r.receipts}
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, self.config.host, self.config.port)
@@ -197,7 +206,11 @@ class SmscSimulator:
         drop = self._decide.should_drop()
         status = None if drop else self._decide.submit_status(pdu.destination_addr)
         number, message_id = self._ids.allocate() if status == p.Status.ESME_ROK else (0, None)
-        record = _record(session.system_id, pdu, status, message_id)
+        plan = None
+        if message_id and pdu.registered_delivery & 0x01 and (
+                self.config.receipt_form is not ReceiptForm.NONE):
+            plan = self._plan(message_id, self._decide.outcome())
+        record = _record(session.system_id, pdu, status, message_id, plan)
         self.submits.append(record)
         if drop:
             session.writer.transport.abort()
@@ -206,20 +219,50 @@ class SmscSimulator:
             return
         resp = p.SubmitSmResp(sequence=pdu.sequence, status=status, message_id=message_id or "")
         loop = asyncio.get_running_loop()
+        receipts = self._receipts(session.system_id, number, record, plan) if plan else []
+        if plan and plan.early:
+            # Queued before the response: with one session both leave in one write, receipt
+            # first, so the ESME reads a receipt for an id it has not been told yet.
+            self._send_receipts([r for r in receipts if not r.unknown])
+            receipts = [r for r in receipts if r.unknown]
         if self.config.latency_s > 0:
             loop.call_later(self.config.latency_s, session.send, resp)
         else:
             session.send(resp)
-        if message_id and pdu.registered_delivery & 0x01 and (
-                self.config.receipt_form is not ReceiptForm.NONE):
-            receipt = _Receipt(session.system_id, number, record, self._decide.outcome())
+        if receipts:
+            # One callback for the whole sequence: timers due at the same instant have no
+            # guaranteed order, and out-of-order receipts must leave in the planned order.
             delay = self.config.latency_s + self.config.receipt_delay_s
-            loop.call_later(delay, self._send_receipt, receipt)
-            if self._decide.duplicate():
-                dup = _Receipt(session.system_id, number, record, receipt.stat, duplicate=True)
-                loop.call_later(delay, self._send_receipt, dup)
+            loop.call_later(delay, self._send_receipts, receipts)
+
+    def _plan(self, message_id: str, stat: str) -> ReceiptPlan:
+        duplicate, lost, early, out_of_order, unknown = self._decide.receipt_chaos(stat)
+        stats: list[str] = [] if lost else [stat]
+        if duplicate:
+            stats.append(stat)
+        if out_of_order:
+            stats.append(self.faults.intermediate_stat)
+        unknown_id = None
+        if unknown:  # a number taken from the allocator is never issued to a submit
+            unknown_id = self._ids.render(self._ids.allocate()[0],
+                                          other=self.config.receipt_ids_other_form)
+        return ReceiptPlan(message_id, stat, tuple(stats), early=early, duplicate=duplicate,
+                           lost=lost, out_of_order=out_of_order, unknown_id=unknown_id)
+
+    def _receipts(self, system_id: str, number: int, record: SubmitRecord,
+                  plan: ReceiptPlan) -> list[_Receipt]:
+        """The receipts of ``plan`` in wire order (the unknown id's last)."""
+        receipts = [_Receipt(system_id, number, record, stat, duplicate=i > 0 and stat == plan.stat,
+                             early=plan.early) for i, stat in enumerate(plan.stats)]
+        if plan.unknown_id is not None:
+            receipts.append(_Receipt(system_id, -1, record, plan.stat, unknown=True))
+        return receipts
 
     # Receipts ----------------------------------------------------------------------------
+
+    def _send_receipts(self, receipts: list[_Receipt]) -> None:
+        for receipt in receipts:
+            self._send_receipt(receipt)
 
     def _send_receipt(self, receipt: _Receipt) -> None:
         if self._stopped:
@@ -229,8 +272,12 @@ class SmscSimulator:
         if target is None:
             self._parked[receipt.system_id].append(receipt)
             return
-        reported = self._ids.render(receipt.number, other=self.config.receipt_ids_other_form)
         rec = receipt.record
+        if receipt.unknown:
+            assert rec.receipts is not None and rec.receipts.unknown_id is not None
+            reported = rec.receipts.unknown_id
+        else:
+            reported = self._ids.render(receipt.number, other=self.config.receipt_ids_other_form)
         submitted = datetime.now(UTC) - _age(rec.at)
         text = receipt_text(reported, receipt.stat, submit=submitted, done=datetime.now(UTC),
                             err="000" if receipt.stat == "DELIVRD" else "001", text=rec.text)
@@ -244,7 +291,8 @@ class SmscSimulator:
             sequence=seq, source_addr=rec.destination_addr, destination_addr=rec.source_addr,
             esm_class=0x04, short_message=text.encode("latin-1"), tlvs=tlvs))
         self.receipts_sent.append(ReceiptRecord(time.monotonic(), receipt.system_id, reported,
-                                                receipt.stat, receipt.duplicate))
+                                                receipt.stat, receipt.duplicate,
+                                                early=receipt.early, unknown=receipt.unknown))
 
     def _on_deliver_resp(self, session: _Session, pdu: p.Pdu) -> None:
         receipt = session.outstanding.pop(pdu.sequence, None)
@@ -257,8 +305,8 @@ def _age(monotonic_at: float) -> timedelta:
     return timedelta(seconds=max(0.0, time.monotonic() - monotonic_at))
 
 
-def _record(system_id: str, pdu: p.SubmitSm, status: int | None, message_id: str | None
-            ) -> SubmitRecord:
+def _record(system_id: str, pdu: p.SubmitSm, status: int | None, message_id: str | None,
+            receipts: ReceiptPlan | None) -> SubmitRecord:
     concat, payload = split_udh(pdu.esm_class, pdu.short_message)
     if concat is None and p.Tag.SAR_TOTAL_SEGMENTS in pdu.tlvs:
         concat = Concat(p.tlv_int(pdu, p.Tag.SAR_MSG_REF_NUM) or 0,
@@ -270,7 +318,7 @@ def _record(system_id: str, pdu: p.SubmitSm, status: int | None, message_id: str
         data_coding=pdu.data_coding, registered_delivery=pdu.registered_delivery,
         validity_period=pdu.validity_period, short_message=pdu.short_message,
         text=decode_text(pdu.data_coding, payload), concat=concat, status=status,
-        message_id=message_id)
+        message_id=message_id, receipts=receipts)
 
 
 # Command line --------------------------------------------------------------------------------
@@ -294,6 +342,14 @@ def _parse_args(argv: list[str] | None) -> tuple[SmscConfig, Faults]:
     ap.add_argument("--reject-rate", type=float, default=0.0)
     ap.add_argument("--no-response-rate", type=float, default=0.0)
     ap.add_argument("--duplicate-receipt-rate", type=float, default=0.0)
+    ap.add_argument("--early-receipt-rate", type=float, default=0.0,
+                    help="receipt sent before the submit_sm_resp")
+    ap.add_argument("--unknown-receipt-rate", type=float, default=0.0,
+                    help="extra receipt for an id never issued")
+    ap.add_argument("--lost-receipt-rate", type=float, default=0.0, help="no receipt at all")
+    ap.add_argument("--out-of-order-rate", type=float, default=0.0,
+                    help="final stat first, then --intermediate-stat")
+    ap.add_argument("--intermediate-stat", choices=["ENROUTE", "ACCEPTD"], default="ENROUTE")
     ap.add_argument("--seed", type=int, default=None)
     a = ap.parse_args(argv)
     accounts = dict(x.split(":", 1) for x in a.account) or {"telex": "secret"}
@@ -305,7 +361,11 @@ def _parse_args(argv: list[str] | None) -> tuple[SmscConfig, Faults]:
         latency_s=a.latency_ms / 1000, max_submits_per_s=a.max_rate, seed=a.seed)
     faults = Faults(throttle_rate=a.throttle_rate, reject_rate=a.reject_rate,
                     no_response_rate=a.no_response_rate,
-                    duplicate_receipt_rate=a.duplicate_receipt_rate)
+                    duplicate_receipt_rate=a.duplicate_receipt_rate,
+                    early_receipt_rate=a.early_receipt_rate,
+                    unknown_receipt_rate=a.unknown_receipt_rate,
+                    lost_receipt_rate=a.lost_receipt_rate, out_of_order_rate=a.out_of_order_rate,
+                    intermediate_stat=a.intermediate_stat)
     return config, faults
 
 

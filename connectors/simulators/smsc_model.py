@@ -15,6 +15,8 @@ from enum import StrEnum
 from connectors.smpp.encoding import Concat
 from connectors.smpp.pdu import Status
 
+_INTERMEDIATE = frozenset({"ENROUTE", "ACCEPTD"})  # not a final message state
+
 
 class IdFormat(StrEnum):
     HEX = "hex"
@@ -56,6 +58,32 @@ class Faults:
     drop_after_submits: int | None = None  # abort the connection at the n-th submit (one shot)
     duplicate_receipt_rate: float = 0.0
     ignore_enquire_link: bool = False  # a hung SMSC: TCP up, nothing answered
+    # Receipt chaos, decided per accepted submit_sm that asked for a receipt (see ReceiptPlan).
+    early_receipt_rate: float = 0.0  # receipt(s) on the wire before the submit_sm_resp
+    unknown_receipt_rate: float = 0.0  # one more receipt, for an id never issued
+    lost_receipt_rate: float = 0.0  # no receipt at all (overrides early/duplicate/out of order)
+    out_of_order_rate: float = 0.0  # final stat first, then ``intermediate_stat``
+    intermediate_stat: str = "ENROUTE"  # or ACCEPTD
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptPlan:
+    """What the simulator decided to send as receipts for one accepted submit_sm.
+
+    Enough for a test to know each message's expected final state without reading the wire:
+    ``stat`` when ``lost`` is False, else no receipt at all. ``stats`` is the wire order of the
+    receipts for ``message_id`` (the final stat, maybe its duplicate, maybe an intermediate stat
+    after it); ``unknown_id`` names an extra receipt for an id no submit_sm_resp ever carried.
+    """
+
+    message_id: str  # as issued in submit_sm_resp
+    stat: str  # the final stat
+    stats: tuple[str, ...]  # receipts for message_id in the order sent; () when lost
+    early: bool = False  # sent before the submit_sm_resp
+    duplicate: bool = False
+    lost: bool = False
+    out_of_order: bool = False
+    unknown_id: str | None = None  # as written in the extra receipt
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +103,7 @@ class SubmitRecord:
     concat: Concat | None
     status: int | None
     message_id: str | None
+    receipts: ReceiptPlan | None = None  # None: no receipt asked for (or receipts are off)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +113,8 @@ class ReceiptRecord:
     message_id: str  # as the receipt names it (maybe in the other form)
     stat: str
     duplicate: bool
+    early: bool = False  # written before the submit's submit_sm_resp
+    unknown: bool = False  # for an id never issued
 
 
 class IdAllocator:
@@ -154,6 +185,23 @@ class Decider:
 
     def duplicate(self) -> bool:
         return self._chance(self.faults.duplicate_receipt_rate)
+
+    def receipt_chaos(self, stat: str) -> tuple[bool, bool, bool, bool, bool]:
+        """(duplicate, lost, early, out_of_order, unknown) for one submit's receipts.
+
+        Each rate is drawn on its own, in this order, and only when it is above zero, so a seed
+        gives the same run as before these faults existed while they are all off. Out of order
+        needs a final stat to put first, so it never applies to an intermediate outcome.
+        """
+        f = self.faults
+        duplicate = self.duplicate()
+        lost = self._chance(f.lost_receipt_rate)
+        early = self._chance(f.early_receipt_rate)
+        out_of_order = self._chance(f.out_of_order_rate) and stat not in _INTERMEDIATE
+        unknown = self._chance(f.unknown_receipt_rate)
+        if lost:
+            duplicate = early = out_of_order = False  # nothing of it is sent
+        return duplicate, lost, early, out_of_order, unknown
 
     def _chance(self, rate: float) -> bool:
         return rate > 0 and self._rng.random() < rate

@@ -15,7 +15,13 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from connectors.simulators.smsc import SmscSimulator
-from connectors.simulators.smsc_model import Faults, ReceiptRecord, SmscConfig, SubmitRecord
+from connectors.simulators.smsc_model import (
+    Faults,
+    ReceiptPlan,
+    ReceiptRecord,
+    SmscConfig,
+    SubmitRecord,
+)
 
 T = TypeVar("T")
 
@@ -46,6 +52,10 @@ class ThreadedSmsc:
     @property
     def faults(self) -> Faults:
         return self.simulator.faults
+
+    def receipt_plans(self) -> dict[str, ReceiptPlan]:
+        """Receipt decisions so far, by issued message id (see SmscSimulator.receipt_plans)."""
+        return self.simulator.receipt_plans()
 
     def start(self) -> ThreadedSmsc:
         self._thread.start()

@@ -26,13 +26,24 @@ class WebhookRecord:
     status: str
     bad_signature: bool
     response_status: int  # the receiver's HTTP status; 0 when it could not be reached
+    early: bool = False  # POSTed before the send that issued ``wamid`` was answered
+    unknown: bool = False  # ``wamid`` was never issued
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    payload: dict[str, Any]
+    wamid: str
+    status: str
+    bad_signature: bool
+    unknown: bool
 
 
 class WebhookSender:
     def __init__(self, url: str | None, app_secret: str, timeout_s: float = 5.0) -> None:
         self.url, self._secret, self._timeout = url, app_secret, timeout_s
         self.sent: list[WebhookRecord] = []
-        self._heap: list[tuple[float, int, dict[str, Any], str, str, bool]] = []
+        self._heap: list[tuple[float, int, _Job]] = []
         self._order = itertools.count()
         self._cond = threading.Condition()
         self._stopping = False
@@ -52,11 +63,18 @@ class WebhookSender:
             self._thread.join(self._timeout + 1)
 
     def schedule(self, due: float, payload: dict[str, Any], wamid: str, status: str,
-                 *, bad_signature: bool = False) -> None:
+                 *, bad_signature: bool = False, unknown: bool = False) -> None:
+        """POST at ``due`` (monotonic) from the sender thread; equal due times keep their order."""
+        job = _Job(payload, wamid, status, bad_signature, unknown)
         with self._cond:
-            heapq.heappush(self._heap, (due, next(self._order), payload, wamid, status,
-                                        bad_signature))
+            heapq.heappush(self._heap, (due, next(self._order), job))
             self._cond.notify()
+
+    def post_now(self, payload: dict[str, Any], wamid: str, status: str,
+                 *, bad_signature: bool = False, early: bool = False) -> None:
+        """POST from the calling thread and return once the receiver answered."""
+        if self.url is not None:
+            self._post(_Job(payload, wamid, status, bad_signature, False), early=early)
 
     def _run(self) -> None:
         while True:
@@ -67,13 +85,13 @@ class WebhookSender:
                     self._cond.wait(timeout)
                 if self._stopping:
                     return
-                _, _, payload, wamid, status, bad = heapq.heappop(self._heap)
-            self._post(payload, wamid, status, bad)
+                _, _, job = heapq.heappop(self._heap)
+            self._post(job)
 
-    def _post(self, payload: dict[str, Any], wamid: str, status: str, bad: bool) -> None:
+    def _post(self, job: _Job, *, early: bool = False) -> None:
         assert self.url is not None
-        body = json.dumps(payload).encode()
-        signature = sign(body, self._secret + ("-wrong" if bad else ""))
+        body = json.dumps(job.payload).encode()
+        signature = sign(body, self._secret + ("-wrong" if job.bad_signature else ""))
         request = urllib.request.Request(
             self.url, data=body, method="POST",
             headers={"Content-Type": "application/json", SIGNATURE_HEADER: signature})
@@ -85,4 +103,5 @@ class WebhookSender:
             exc.close()
         except (urllib.error.URLError, OSError):
             code = 0
-        self.sent.append(WebhookRecord(time.monotonic(), wamid, status, bad, code))
+        self.sent.append(WebhookRecord(time.monotonic(), job.wamid, job.status,
+                                       job.bad_signature, code, early, job.unknown))

@@ -10,7 +10,7 @@ import structlog
 from pipeline.observability import configure_logging, start_metrics_server
 from pipeline.settings import Settings, get_settings
 
-STAGES = ("ingest", "ratelimit", "scheduler", "dispatch")
+STAGES = ("ingest", "ratelimit", "scheduler", "dispatch", "reconcile", "status")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -35,9 +35,10 @@ def _run(args: argparse.Namespace) -> int:
         return _run_scheduler(settings)
     if args.stage == "dispatch":
         return _run_dispatch(settings)
-    from pipeline.stages import ingest, ratelimit
+    from pipeline.stages import ingest, ratelimit, reconcile, status
 
-    builders = {"ingest": ingest.build_app, "ratelimit": ratelimit.build_app}
+    builders = {"ingest": ingest.build_app, "ratelimit": ratelimit.build_app,
+                "reconcile": reconcile.build_app, "status": status.build_app}
     builders[args.stage](settings, guarantee=guarantee).run()
     return 0
 

@@ -9,8 +9,10 @@ partition. Per batch of up to ``TELEX_DISPATCH_BATCH`` records from ``dispatch-r
    (:mod:`pipeline.routing`: longest prefix, circuit breaker per connector, failover);
 2. journal ATTEMPTING for every record to submit, and flush: durable before any network call;
 3. submit them all concurrently through their connectors;
-4. journal SUBMITTED (carrier id) or FAILED, emit ``sent``/``failed`` statuses, schedule retries
-   through the delay tiers (back into ``dispatch-ready``, attempt + 1), and flush;
+4. journal SUBMITTED (carrier id) or FAILED, emit ``sent``/``failed`` status updates, announce
+   each submission on ``carrier-receipts`` under ``connector:carrier id`` (the journal re-keyed
+   for the reconciler), schedule retries through the delay tiers (back into ``dispatch-ready``,
+   attempt + 1), and flush;
 5. commit the batch's offsets.
 
 Guarantee: at-least-once to the carrier, with duplicates bounded by one batch. A crash between 2
@@ -18,6 +20,13 @@ and 4 leaves ATTEMPTING entries without a result: those messages are read again 
 ``dispatch-ready`` and resolved by the per-channel in-doubt policy; each resulting duplicate
 submit is matched by an in-doubt journal entry. The journal (compacted, keyed and partitioned
 like ``dispatch-ready``) is loaded per assigned partition on assignment.
+
+Receipts that arrive on a connector's session (SMPP deliver_sm) are produced to
+``carrier-receipts`` as they come; the SMPP client has already acknowledged them to the SMSC, so
+a crash can lose the few not yet acknowledged by the broker: those messages end by the receipt
+window (``undelivered``, 30008), explained, never silently. A record with header
+``telex.resend.avoid`` is a resend the status stage ordered after a failed receipt: it may go
+out again although the journal says SUBMITTED, through another route when there is one.
 """
 
 from __future__ import annotations
@@ -62,9 +71,12 @@ from pipeline.runtime.deadletter import Provenance, dead_letter_headers
 from pipeline.runtime.delay import delay_headers, tier_for, tier_topic
 from pipeline.settings import Settings
 from pipeline.stages import dispatch_decision as decision
+from pipeline.stages.reconcile_decision import receipt_key
+from pipeline.stages.status_decision import H_RESEND_AVOID
 from pipeline.topic_reader import read_from_start
 
 STAGE = "dispatch"
+RESENDABLE_CHANNELS = ("sms",)  # see status_decision.RESENDABLE_CHANNELS
 _BREAKER_LEVEL = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
 IN_TOPIC = "dispatch-ready"
 
@@ -124,7 +136,8 @@ class DispatchWorker:
         self._producer = Producer(settings.producer_config())
         self._running = True
         self._outcomes = {o: RECORDS.labels(STAGE, o) for o in (
-            "submitted", "failed", "retry", "duplicate", "in_doubt_resend")}
+            "submitted", "failed", "retry", "duplicate", "in_doubt_resend", "receipt")}
+        self._receipt_tasks: set[asyncio.Task[None]] = set()
 
     def stop(self) -> None:
         self._running = False
@@ -143,6 +156,8 @@ class DispatchWorker:
         finally:
             for connector in self._connectors.values():
                 await connector.close()
+            for task in self._receipt_tasks:
+                task.cancel()
             await asyncio.to_thread(self._producer.flush, 30)
             self._consumer.close()
 
@@ -164,7 +179,18 @@ class DispatchWorker:
         finally:
             self._starting.discard(name)
         self._unstarted.discard(name)
+        task = asyncio.create_task(self._forward_receipts(connector), name=f"receipts-{name}")
+        self._receipt_tasks.add(task)
+        task.add_done_callback(self._receipt_tasks.discard)
         return True
+
+    async def _forward_receipts(self, connector: Connector) -> None:
+        """Receipts from a connector's session → ``carrier-receipts`` (until it closes)."""
+        async for receipt in connector.receipts():
+            self._produce("carrier-receipts",
+                          receipt_key(receipt.connector, receipt.carrier_message_id),
+                          self._codec.encode("carrier_receipt", receipt.to_record()))
+            self._outcomes["receipt"].inc()
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         loaded = self._journal.load([tp.partition for tp in partitions])
@@ -177,7 +203,9 @@ class DispatchWorker:
         for msg in records:
             try:
                 message = self._codec.decode(msg.value(), expected="message_accepted")
-                plan = self._plan(message, now)
+                avoid = next((v.decode() for k, v in msg.headers() or ()
+                              if k == H_RESEND_AVOID and v is not None), None)
+                plan = self._plan(message, now, avoid)
             except Exception as exc:  # routed, counted and logged, never raised
                 self._dead_letter(msg, exc, now)
                 continue
@@ -190,8 +218,8 @@ class DispatchWorker:
             *(self._submit(message, connector) for _, message, connector in to_submit),
             return_exceptions=True)
         done = _now_ms()
-        for (_, message, connector), result in zip(to_submit, results, strict=True):
-            self._settle(message, connector, result, done)
+        for (msg, message, connector), result in zip(to_submit, results, strict=True):
+            self._settle(message, connector, result, done, msg.value())
         await self._flush()
         offsets: dict[tuple[str, int], int] = {}
         for msg in records:
@@ -199,8 +227,10 @@ class DispatchWorker:
         await asyncio.to_thread(self._consumer.commit, offsets=[
             TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False)
 
-    def _plan(self, message: Mapping[str, Any], now: int) -> str | None:
-        """The connector to submit through, or None when nothing must be sent."""
+    def _plan(self, message: Mapping[str, Any], now: int, avoid: str | None = None
+              ) -> str | None:
+        """The connector to submit through, or None when nothing must be sent. ``avoid``: a
+        resend after a failed receipt, to go through another connector when there is one."""
         latest = self._journal.get(message["message_id"])
         if latest is not None and latest["state"] == decision.ATTEMPTING:
             # A previous worker died between journaling the attempt and its result.
@@ -212,8 +242,10 @@ class DispatchWorker:
                         attempt=latest["attempt"])
             if resolved.status is not None:
                 self._status(message, resolved.status)
+            if resolved.await_receipt_until_ms is not None:
+                self._deadline(message, latest, resolved.await_receipt_until_ms, now)
             latest = self._journal.get(message["message_id"])
-        submit, reason = decision.should_submit(latest, message)
+        submit, reason = decision.should_submit(latest, message, resend=avoid is not None)
         if submit and now >= int(message["expires_at_ms"]):
             # Never hand a carrier a message whose validity has ended (retries, in-doubt
             # resends and late releases included).
@@ -225,6 +257,8 @@ class DispatchWorker:
             log.info("dispatch_skipped", message_id=message["message_id"], reason=reason)
             return None
         candidates = self._carriers.routes.candidates(message["channel"], message["recipient"])
+        if avoid is not None:
+            candidates = [c for c in candidates if c != avoid] or candidates
         # All unhealthy: keep the primary; _submit fails it retryably without calling it.
         return choose(candidates, self._breakers, now) or candidates[0]
 
@@ -265,14 +299,15 @@ class DispatchWorker:
             _BREAKER_LEVEL[self._breakers[name].state(_now_ms())])
 
     def _settle(self, message: dict[str, Any], connector: str,
-                result: SubmitResult | BaseException, now: int) -> None:
+                result: SubmitResult | BaseException, now: int, raw: bytes | None = None
+                ) -> None:
         if isinstance(result, BaseException) and not isinstance(result, ConnectorError):
             result = ConnectorError(ErrorKind.SERVER_ERROR, f"{type(result).__name__}: {result}")
         outcome = decision.on_result(message, result, now, self._rng, connector=connector,
                                      schedule=self._settings.retry_schedule_s)
         self._journal_write(dict(outcome.journal))
         if outcome.status is not None:
-            self._status(message, outcome.status)
+            self._status(message, outcome.status, raw)
         if outcome.retry is not None:
             retry = {**message, "attempt": outcome.retry.attempt}
             self._produce(tier_topic(tier_for(outcome.retry.due_at_ms - now)),
@@ -289,17 +324,43 @@ class DispatchWorker:
         self._produce("dispatch-journal", entry["message_id"],
                       self._codec.encode("dispatch_journal_entry", entry))
 
-    def _status(self, message: Mapping[str, Any], update: decision.StatusUpdate) -> None:
-        self._produce("delivery-status", message["message_id"], self._codec.encode(
-            "delivery_status", {
-                "message_id": message["message_id"], "account_id": message["account_id"],
-                "channel": message["channel"], "status": update.status, "sequence": 2,
-                "event_time_ms": update.event_time_ms, "recorded_at_ms": _now_ms(),
-                "error_code": update.error_code, "error_reason": update.error_reason,
-                "carrier_message_id": update.carrier_message_id,
-                "connector": update.connector, "segments": message["segments"],
-                "trace_id": message.get("trace_id"),
-            }))
+    def _status(self, message: Mapping[str, Any], update: decision.StatusUpdate,
+                raw: bytes | None = None) -> None:
+        """A status update for the status stage; a ``sent`` one is also the submission's
+        announcement to the reconciler, and carries the message for a receipt-driven resend
+        where the channel allows one."""
+        resend = (raw if update.status == "sent" and self._settings.receipt_resends > 0
+                  and message["channel"] in RESENDABLE_CHANNELS else None)
+        value = self._codec.encode("status_update", {
+            "message_id": message["message_id"], "source": STAGE, "status": update.status,
+            "timer": None, "attempt": message.get("attempt", 0),
+            "account_id": message["account_id"], "channel": message["channel"],
+            "event_time_ms": update.event_time_ms, "error_code": update.error_code,
+            "error_reason": update.error_reason, "carrier_message_id": update.carrier_message_id,
+            "connector": update.connector, "carrier_status": None,
+            "segments": message["segments"], "trace_id": message.get("trace_id"),
+            "resend_message": resend,
+        })
+        self._produce("status-updates", message["message_id"], value)
+        if update.status == "sent" and update.carrier_message_id and update.connector:
+            self._produce("carrier-receipts",
+                          receipt_key(update.connector, update.carrier_message_id), value)
+
+    def _deadline(self, message: Mapping[str, Any], entry: Mapping[str, Any], until_ms: int,
+                  now: int) -> None:
+        """Book the in-doubt deadline: the status stage fails the message with 30008 then,
+        unless a receipt (naming our message id) proved the send in the meantime."""
+        value = self._codec.encode("status_update", {
+            "message_id": message["message_id"], "source": STAGE, "status": None,
+            "timer": "in_doubt", "attempt": entry["attempt"],
+            "account_id": message["account_id"], "channel": message["channel"],
+            "event_time_ms": now, "error_code": None, "error_reason": None,
+            "carrier_message_id": None, "connector": entry["connector"], "carrier_status": None,
+            "segments": message["segments"], "trace_id": message.get("trace_id"),
+            "resend_message": None,
+        })
+        self._produce(tier_topic(tier_for(until_ms - now)), message["message_id"], value,
+                      delay_headers(until_ms, "status-updates"))
 
     def _produce(self, topic: str, key: str, value: bytes,
                  headers: list[tuple[str, bytes]] | None = None) -> None:

@@ -171,13 +171,16 @@ def on_result(
 
 
 def should_submit(
-    journal_latest: Mapping[str, Any] | None, message: Mapping[str, Any]
+    journal_latest: Mapping[str, Any] | None, message: Mapping[str, Any], *,
+    resend: bool = False,
 ) -> tuple[bool, str]:
     """Whether this release of ``message`` should reach a carrier, and why.
 
     Kafka redelivers after a crash or rebalance, so the same attempt can arrive twice; the
     journal's latest entry for the message id is the truth. Only a release with a higher
-    attempt than a retryable failure, or one an in-doubt resend cleared, goes out again.
+    attempt than a retryable failure, or one an in-doubt resend cleared, goes out again; and a
+    ``resend`` the status stage ordered after a failed receipt, with a higher attempt than the
+    one submitted.
     """
     if journal_latest is None:
         return True, "first attempt"
@@ -186,6 +189,8 @@ def should_submit(
     state, done = journal_latest["state"], journal_latest["attempt"]
     attempt = message.get("attempt", 0)
     if state == SUBMITTED:
+        if resend and attempt > done:
+            return True, f"resend after a failed receipt for attempt {done}"
         return False, f"already submitted in attempt {done}"
     if state == ATTEMPTING:
         return False, f"attempt {done} is in doubt; resolve it first"

@@ -5,8 +5,8 @@ Wiring (:class:`IngestStage`, :func:`build_app`): decode, run the decision, stor
 
 Outputs, all keyed by message id:
 - ``message-accepted``  MessageAccepted, for a new valid request;
-- ``delivery-status``   DeliveryStatus ``accepted``/``scheduled`` (sequence 0), or ``failed``
-                        with its code for a request that fails validation;
+- ``status-updates``    StatusUpdate ``accepted``/``scheduled``, or ``failed`` with its code
+                        for a request that fails validation (the status stage sequences them);
 - ``request-rejections`` RequestRejected for a key reused with different content (21656);
 - ``dlq-ingest``        the raw record, with provenance headers, when it cannot be decoded.
 Identical repeats emit nothing.
@@ -51,7 +51,7 @@ from pipeline.stages.validate import Rejection, Valid, request_hash, validate
 
 STAGE = "ingest"
 IN_TOPIC = "message-requested"
-OUT_TOPICS = ("message-accepted", "delivery-status", "request-rejections", "dlq-ingest")
+OUT_TOPICS = ("message-accepted", "status-updates", "request-rejections", "dlq-ingest")
 _STATE_KEY = "seen"
 
 log = structlog.get_logger("telex.ingest")
@@ -74,12 +74,12 @@ class Decision:
 
 
 def _status(req: Mapping[str, Any], status: str, now_ms: int, **extra: Any) -> Emit:
-    return Emit("delivery-status", "delivery_status", {
-        "message_id": req["message_id"], "account_id": req["account_id"],
-        "channel": req["channel"], "status": status, "sequence": 0,
-        "event_time_ms": now_ms, "recorded_at_ms": now_ms, "error_code": None,
-        "error_reason": None, "carrier_message_id": None, "connector": None,
-        "segments": None, "trace_id": req.get("trace_id"), **extra,
+    return Emit("status-updates", "status_update", {
+        "message_id": req["message_id"], "source": STAGE, "status": status, "timer": None,
+        "attempt": None, "account_id": req["account_id"], "channel": req["channel"],
+        "event_time_ms": now_ms, "error_code": None, "error_reason": None,
+        "carrier_message_id": None, "connector": None, "carrier_status": None,
+        "segments": None, "trace_id": req.get("trace_id"), "resend_message": None, **extra,
     })
 
 

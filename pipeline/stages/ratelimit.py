@@ -69,7 +69,7 @@ STEPS: tuple[tuple[str, str, str, Callable[[Mapping[str, Any]], str]], ...] = (
     (SENDER, "rl-sender", "dispatch-ready", lambda m: str(m["message_id"])),
 )
 OUT_TOPICS = ("rl-account", "rl-sender", "rl-route", "dispatch-ready", "ratelimit-deferrals",
-              "delivery-status", "dlq-ratelimit",
+              "status-updates", "dlq-ratelimit",
               *(tier_topic(i) for i in range(len(TIER_DELAYS_MS))))
 
 log = structlog.get_logger("telex.ratelimit")
@@ -185,14 +185,15 @@ class RateLimitStage:
         REJECTED.labels(f"{STAGE}-{dimension}", str(verdict.code)).inc()
         log.info("message_" + verdict.kind, message_id=msg["message_id"],
                  bucket=f"{dimension}:{bucket}", code=verdict.code)
-        return [Out("delivery-status", str(msg["message_id"]), self._codec.encode(
-            "delivery_status", {
-                "message_id": msg["message_id"], "account_id": msg["account_id"],
-                "channel": msg["channel"], "status": "failed", "sequence": 1,
-                "event_time_ms": int(now_ms), "recorded_at_ms": int(now_ms),
+        return [Out("status-updates", str(msg["message_id"]), self._codec.encode(
+            "status_update", {
+                "message_id": msg["message_id"], "source": STAGE, "status": "failed",
+                "timer": None, "attempt": msg.get("attempt"), "account_id": msg["account_id"],
+                "channel": msg["channel"], "event_time_ms": int(now_ms),
                 "error_code": verdict.code, "error_reason": verdict.reason,
-                "carrier_message_id": None, "connector": None, "segments": msg["segments"],
-                "trace_id": msg.get("trace_id"),
+                "carrier_message_id": None, "connector": None, "carrier_status": None,
+                "segments": msg["segments"], "trace_id": msg.get("trace_id"),
+                "resend_message": None,
             }))]
 
     def _defer(self, msg: Mapping[str, Any], value: bytes, key: str, target: str, due_ms: float,

@@ -165,7 +165,7 @@ async def test_duplicated_and_reordered_statuses_all_arrive(webhook_receiver: Re
     """Duplicates and reverse order are delivered as-is; ordering is reconciliation's job."""
     config = HttpChannelConfig(app_secret=APP_SECRET, callback_url=webhook_receiver.url,
                                outcomes={"delivered": 1.0})
-    faults = HttpFaults(duplicate_status_rate=1.0, reorder_rate=1.0)
+    faults = HttpFaults(duplicate_receipt_rate=1.0, reorder_rate=1.0)
     with simulator(config, faults) as sim:
         async with client(sim) as wa:
             await wa.submit(msg())

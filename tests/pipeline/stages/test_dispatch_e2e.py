@@ -56,9 +56,9 @@ def statuses(settings: Settings, expected: int, timeout: float = 120) -> dict[st
     deadline = time.monotonic() + timeout
     while True:
         found = {}
-        for m in read_all(settings, "delivery-status"):
-            s = CODEC.decode(m.value())
-            if s["status"] in ("sent", "failed") and s["sequence"] >= 2:
+        for m in read_all(settings, "status-updates"):
+            s = CODEC.decode(m.value(), expected="status_update")
+            if s["status"] in ("sent", "failed") and s["source"] == "dispatch":
                 found[s["message_id"]] = s
         if len(found) >= expected or time.monotonic() > deadline:
             return found

@@ -67,8 +67,8 @@ def test_unique_keys_accepted_duplicates_absorbed_conflicts_rejected(
     rejected = [CODEC.decode(m.value(), expected="request_rejected") for m in rejections]
     assert {r["message_id"] for r in rejected} == conflicts
     assert {r["error_code"] for r in rejected} == {21656}
-    statuses = [CODEC.decode(m.value(), expected="delivery_status")
-                for m in read_all(topics, "delivery-status")]
+    statuses = [CODEC.decode(m.value(), expected="status_update")
+                for m in read_all(topics, "status-updates")]
     assert Counter(s["status"] for s in statuses) == {"accepted": len(expected)}
     assert read_all(topics, "dlq-ingest") == []
     want = {("telex_stage_records_total", "accepted"): len(expected),

@@ -108,7 +108,7 @@ def test_fuzzed_events_each_end_dead_lettered_failed_or_accepted(
             for topic in ("dlq-ingest", "message-accepted"):
                 for m in read_all(topics, topic):
                     where.setdefault(m.key().decode(), []).append(topic)
-            for m in read_all(topics, "delivery-status"):
+            for m in read_all(topics, "status-updates"):
                 if CODEC.decode(m.value())["status"] == "failed":
                     where.setdefault(m.key().decode(), []).append("failed")
             return where

@@ -41,7 +41,7 @@ def outcomes(settings: Settings, expected: int) -> dict[str, tuple[str, object]]
         out: dict[str, tuple[str, object]] = {}
         for m in read_all(settings, "dispatch-ready"):
             out.setdefault(m.key().decode(), ("released", m.timestamp()[1]))
-        for m in read_all(settings, "delivery-status"):
+        for m in read_all(settings, "status-updates"):
             status = CODEC.decode(m.value())
             if status["status"] == "failed":
                 out.setdefault(m.key().decode(), ("failed", status["error_code"]))
@@ -112,6 +112,6 @@ def test_scheduled_send_waits_for_send_at_and_deferrals_explain_themselves(
     [deferral] = [CODEC.decode(m.value()) for m in read_all(topics, "ratelimit-deferrals")]
     assert deferral["message_id"] == mid and deferral["bucket"] == "schedule"
     assert deferral["expected_release_ms"] == send_at
-    statuses = [CODEC.decode(m.value())["status"] for m in read_all(topics, "delivery-status")
+    statuses = [CODEC.decode(m.value())["status"] for m in read_all(topics, "status-updates")
                 if m.key().decode() == mid]
     assert statuses == ["scheduled"]

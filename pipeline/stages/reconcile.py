@@ -1,0 +1,127 @@
+"""Reconcile stage: carrier receipts → status updates of the messages they are about.
+
+Input ``carrier-receipts``, keyed ``connector:carrier id`` (:func:`receipt_key`), carries two
+kinds of record: CarrierReceipt from the connectors (SMPP deliver_sm via dispatch, HTTP status
+webhooks via the webhook receiver) and StatusUpdate ``sent`` from dispatch announcing a
+submission — the dispatch journal re-keyed by carrier id. One key's records are in order on one
+partition, so the join needs no second input. Decisions are in
+:mod:`pipeline.stages.reconcile_decision`; state (submission and waiting receipts per key) is
+Quix Streams RocksDB with its compacted changelog topic.
+
+Outputs: ``status-updates`` (keyed by message id, for the status stage), ``receipts-unmatched``,
+a delay tier for a waiting receipt's TTL deadline (released back to ``carrier-receipts`` with
+header :data:`H_DEADLINE`, the timing mechanism the rate limiter uses), ``dlq-reconcile``.
+
+Delivery guarantee: at-least-once. Outputs and the state changelog are flushed before input
+offsets are committed; a crash repeats the records since the last checkpoint against the state
+of that checkpoint, so the same status updates are produced again, and the status stage
+absorbs them as duplicates (same status for the same attempt).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from typing import Any
+
+import structlog
+from quixstreams import Application
+from quixstreams.state import State
+
+from pipeline.codec import AvroCodec
+from pipeline.metrics import PROCESSING_SECONDS, RECORDS
+from pipeline.runtime.app import (
+    Guarantee,
+    Out,
+    dead_letter_out,
+    input_topic,
+    make_app,
+    output_topics,
+    route_outputs,
+)
+from pipeline.runtime.delay import delay_headers, tier_for, tier_topic
+from pipeline.settings import Settings
+from pipeline.stages import reconcile_decision as decision
+from pipeline.stages.reconcile_decision import receipt_key
+
+STAGE = "reconcile"
+IN_TOPIC = "carrier-receipts"
+OUT_TOPICS = ("status-updates", "receipts-unmatched", "dlq-reconcile",
+              *(tier_topic(i) for i in range(10)))
+H_DEADLINE = "telex.reconcile.deadline"
+_STATE_KEY = "match"
+
+log = structlog.get_logger("telex.reconcile")
+
+
+class ReconcileStage:
+    """Feeds the match decisions from a Quix Streams dataframe; never raises on a bad record."""
+
+    def __init__(self, settings: Settings, codec: AvroCodec) -> None:
+        self._codec = codec
+        self._ttl_ms = int(settings.receipt_match_ttl_s * 1000)
+        # A submission is kept as long as its receipts may come: the receipt window, plus the
+        # wait of a receipt that came first.
+        self._keep = timedelta(seconds=settings.receipt_window_s + settings.receipt_match_ttl_s)
+        self._outcomes = {o: RECORDS.labels(STAGE, o) for o in (
+            "submission", "matched", "waiting", "unmapped", "released", "unmatched", "idle")}
+        self._latency = PROCESSING_SECONDS.labels(STAGE)
+
+    def process(self, value: bytes, key: str | None, timestamp: int, headers: Any,
+                state: State) -> list[Out]:
+        started = time.perf_counter()
+        now_ms = int(time.time() * 1000)
+        try:
+            outs = self._decide(value, key, headers, state, now_ms)
+        except Exception as exc:  # every failure is routed, counted and logged, never raised
+            return [dead_letter_out(STAGE, value, key, timestamp, headers, exc, now_ms)]
+        self._latency.observe(time.perf_counter() - started)
+        return outs
+
+    def _decide(self, value: bytes, key: str | None, headers: Any, state: State,
+                now_ms: int) -> list[Out]:
+        current = state.get(_STATE_KEY)
+        if any(k == H_DEADLINE for k, _ in headers or ()):
+            match = decision.on_deadline(current, now_ms, self._ttl_ms)
+        else:
+            name, record = self._codec.decode_with_name(value)
+            if name == "carrier_receipt":
+                expected = receipt_key(record["connector"], record["carrier_message_id"])
+                match = decision.on_receipt(current, record, now_ms, self._ttl_ms)
+            elif name == "status_update" and record["status"] == "sent":
+                expected = receipt_key(str(record["connector"]),
+                                       str(record["carrier_message_id"]))
+                match = decision.on_submission(current, record)
+            else:
+                raise ValueError(f"carrier-receipts takes receipts and submissions, not {name}")
+            if key != expected:
+                raise ValueError(f"record key {key!r} is not its connector:carrier id "
+                                 f"{expected!r}")
+        if match.state is None:
+            state.delete(_STATE_KEY)
+        elif match.state != current:
+            state.set(_STATE_KEY, match.state, ttl=self._keep)
+        self._outcomes[match.outcome].inc()
+        outs = [Out("status-updates", u["message_id"], self._codec.encode("status_update", u))
+                for u in match.updates]
+        for receipt in match.unmatched:
+            log.info("receipt_unmatched", connector=receipt["connector"],
+                     carrier_message_id=receipt["carrier_message_id"],
+                     carrier_status=receipt["carrier_status"])
+            outs.append(Out("receipts-unmatched", key or "",
+                            self._codec.encode("carrier_receipt", receipt)))
+        if match.deadline_ms is not None:
+            outs.append(Out(tier_topic(tier_for(match.deadline_ms - now_ms)), key or "", value,
+                            [*delay_headers(match.deadline_ms, IN_TOPIC), (H_DEADLINE, b"1")]))
+        return outs
+
+
+def build_app(settings: Settings, *, guarantee: Guarantee = "at-least-once",
+              consumer_group: str | None = None) -> Application:
+    """The reconcile worker's Quix Streams application (group ``<prefix>reconcile``)."""
+    app = make_app(settings, consumer_group or settings.topic(STAGE), guarantee=guarantee)
+    stage = ReconcileStage(settings, AvroCodec.from_settings(settings))
+    sdf = app.dataframe(input_topic(app, settings, IN_TOPIC))
+    sdf = sdf.apply(stage.process, stateful=True, metadata=True, expand=True)
+    route_outputs(sdf, output_topics(app, settings, OUT_TOPICS))
+    return app

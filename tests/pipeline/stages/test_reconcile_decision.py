@@ -1,0 +1,93 @@
+"""Receipt matching: submissions and receipts in either order, TTL, unknown ids."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from pipeline.stages.reconcile_decision import (
+    on_deadline,
+    on_receipt,
+    on_submission,
+    receipt_key,
+    status_update,
+)
+
+TTL = 30_000
+
+
+def receipt(status: str = "delivered", message_id: str | None = None, **extra: Any
+            ) -> dict[str, Any]:
+    return {"connector": "smsc-a", "carrier_message_id": "00AB", "carrier_status": "DELIVRD",
+            "status": status, "error_code": None, "carrier_error": None, "done_at_ms": None,
+            "received_at_ms": 5_000, "message_id": message_id, "raw": None, **extra}
+
+
+SUBMISSION = {"message_id": "TX1", "source": "dispatch", "status": "sent", "attempt": 2,
+              "account_id": "acct", "channel": "sms", "connector": "smsc-a",
+              "carrier_message_id": "00AB", "trace_id": None}
+
+
+def test_key_names_connector_and_carrier_id() -> None:
+    assert receipt_key("smsc-a", "00AB") == "smsc-a:00AB"
+
+
+def test_receipt_after_submission_is_matched_with_its_attempt() -> None:
+    state = on_submission(None, SUBMISSION).state
+    m = on_receipt(state, receipt(error_code=None), 6_000, TTL)
+    assert m.outcome == "matched"
+    [u] = m.updates
+    assert (u["message_id"], u["status"], u["attempt"], u["source"]) == (
+        "TX1", "delivered", 2, "receipt")
+    assert (u["account_id"], u["channel"]) == ("acct", "sms")
+
+
+def test_early_receipt_waits_then_matches_when_the_submission_comes() -> None:
+    m = on_receipt(None, receipt(), 6_000, TTL)
+    assert m.outcome == "waiting" and m.updates == [] and m.deadline_ms == 36_000
+    second = on_receipt(m.state, receipt("sent"), 6_500, TTL)
+    assert second.deadline_ms is None  # one deadline per waiting key
+    matched = on_submission(second.state, SUBMISSION)
+    assert [u["status"] for u in matched.updates] == ["delivered", "sent"]
+    assert matched.state is not None and matched.state["pending"] == []
+    assert on_deadline(matched.state, 36_000, TTL).outcome == "idle"
+
+
+def test_unknown_id_goes_unmatched_after_the_ttl() -> None:
+    m = on_receipt(None, receipt(), 6_000, TTL)
+    assert on_deadline(m.state, 35_999, TTL).unmatched == []
+    done = on_deadline(m.state, 36_000, TTL)
+    assert done.outcome == "unmatched" and [r["carrier_message_id"] for r in done.unmatched] == [
+        "00AB"]
+    assert done.state is None
+
+
+def test_waiting_receipt_naming_its_message_is_released_without_submission() -> None:
+    m = on_receipt(None, receipt(message_id="TX9"), 6_000, TTL)
+    done = on_deadline(m.state, 36_000, TTL)
+    assert done.outcome == "released"
+    assert [(u["message_id"], u["attempt"]) for u in done.updates] == [("TX9", None)]
+
+
+def test_deadline_keeps_younger_receipts_waiting_and_rebooks() -> None:
+    m = on_receipt(None, receipt(), 6_000, TTL)
+    m = on_receipt(m.state, receipt("sent"), 20_000, TTL)
+    done = on_deadline(m.state, 36_000, TTL)
+    assert len(done.unmatched) == 1 and done.deadline_ms == 50_000
+    assert done.state is not None and len(done.state["pending"]) == 1
+
+
+def test_unmapped_receipt_status_is_counted_not_forwarded() -> None:
+    state = on_submission(None, SUBMISSION).state
+    assert on_receipt(state, receipt("unknown"), 6_000, TTL).outcome == "unmapped"
+
+
+def test_done_date_is_the_event_time_when_known() -> None:
+    u = status_update(receipt(done_at_ms=4_000), SUBMISSION)
+    assert u is not None and u["event_time_ms"] == 4_000
+
+
+def test_receipt_without_submission_or_message_id_cannot_be_a_status() -> None:
+    with pytest.raises(ValueError, match="message id"):
+        status_update(receipt(), None)
