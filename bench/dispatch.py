@@ -19,7 +19,10 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+
+from confluent_kafka import Message
 
 from bench import harness
 from bench.harness import REPO, worker_env
@@ -61,7 +64,7 @@ def one_run(bootstrap: str, n: int, window: int, tmp: Path) -> dict[str, float]:
                                  "dispatch"], cwd=REPO,
                                 env={**worker_env(settings), "TELEX_CARRIERS_FILE": str(carriers)})
         try:
-            read_all(settings, "status-updates", until=lambda r: len(r) >= n, timeout=600)
+            read_all(settings, "carrier-receipts", until=_submissions_reach(n), timeout=600)
         finally:
             proc.terminate()
             proc.wait(30)
@@ -76,13 +79,28 @@ def one_run(bootstrap: str, n: int, window: int, tmp: Path) -> dict[str, float]:
             submitted.append(e["at_ms"])
     latencies = sorted(
         codec.decode(m.value())["event_time_ms"] - attempting[m.key().decode()]
-        for m in read_all(settings, "status-updates"))
+        for m in read_all(settings, "carrier-receipts")
+        if codec.decode_with_name(m.value())[0] == "status_update")
     submitted.sort()
     rate = (len(submitted) - 1) / ((submitted[-1] - submitted[0]) / 1000)
     return {"dispatch_msg_per_s": rate, "baseline_smpp_msg_per_s": baseline,
             "ratio": rate / baseline,
             "submit_p50_ms": float(latencies[len(latencies) // 2]),
             "submit_p99_ms": float(latencies[int(len(latencies) * 0.99)])}
+
+
+def _submissions_reach(n: int) -> Callable[[list[Message]], bool]:
+    """carrier-receipts holds dispatch's submissions and the SMSC's receipts: count the
+    former, incrementally (the reader calls this with the growing list)."""
+    codec, counted = AvroCodec(), [0, 0]  # records looked at, submissions among them
+
+    def until(records: list[Message]) -> bool:
+        for m in records[counted[0]:]:
+            counted[1] += codec.decode_with_name(m.value())[0] == "status_update"
+        counted[0] = len(records)
+        return counted[1] >= n
+
+    return until
 
 
 def main() -> int:

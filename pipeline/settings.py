@@ -73,6 +73,15 @@ class Settings(BaseSettings):
         0, ge=0, le=65535, validation_alias="TELEX_METRICS_PORT",
         description="TELEX_METRICS_PORT: Prometheus endpoint port of a worker; 0 disables it.",
     )
+    webhook_port: int = Field(
+        8088, ge=0, le=65535, validation_alias="TELEX_WEBHOOK_PORT",
+        description="TELEX_WEBHOOK_PORT: port of the status-webhook receiver (8088; 0 picks a "
+        "free one).",
+    )
+    webhook_host: str = Field(
+        "127.0.0.1", validation_alias="TELEX_WEBHOOK_HOST",
+        description="TELEX_WEBHOOK_HOST: address the status-webhook receiver listens on.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", validation_alias="TELEX_LOG_LEVEL"
     )

@@ -9,10 +9,10 @@ partition. Per batch of up to ``TELEX_DISPATCH_BATCH`` records from ``dispatch-r
    (:mod:`pipeline.routing`: longest prefix, circuit breaker per connector, failover);
 2. journal ATTEMPTING for every record to submit, and flush: durable before any network call;
 3. submit them all concurrently through their connectors;
-4. journal SUBMITTED (carrier id) or FAILED, emit ``sent``/``failed`` status updates, announce
-   each submission on ``carrier-receipts`` under ``connector:carrier id`` (the journal re-keyed
-   for the reconciler), schedule retries through the delay tiers (back into ``dispatch-ready``,
-   attempt + 1), and flush;
+4. journal SUBMITTED (carrier id) or FAILED; announce each submission (its ``sent``) on
+   ``carrier-receipts`` under ``connector:carrier id`` (the journal re-keyed for the reconciler,
+   which passes it on to the status stage), emit ``failed`` status updates, schedule retries
+   through the delay tiers (back into ``dispatch-ready``, attempt + 1), and flush;
 5. commit the batch's offsets.
 
 Guarantee: at-least-once to the carrier, with duplicates bounded by one batch. A crash between 2
@@ -326,9 +326,9 @@ class DispatchWorker:
 
     def _status(self, message: Mapping[str, Any], update: decision.StatusUpdate,
                 raw: bytes | None = None) -> None:
-        """A status update for the status stage; a ``sent`` one is also the submission's
-        announcement to the reconciler, and carries the message for a receipt-driven resend
-        where the channel allows one."""
+        """A status update for the status stage. A ``sent`` one goes through the reconciler
+        (it announces the carrier id receipts will name), and carries the message for a
+        receipt-driven resend where the channel allows one."""
         resend = (raw if update.status == "sent" and self._settings.receipt_resends > 0
                   and message["channel"] in RESENDABLE_CHANNELS else None)
         value = self._codec.encode("status_update", {
@@ -341,10 +341,12 @@ class DispatchWorker:
             "segments": message["segments"], "trace_id": message.get("trace_id"),
             "resend_message": resend,
         })
-        self._produce("status-updates", message["message_id"], value)
         if update.status == "sent" and update.carrier_message_id and update.connector:
+            # Through the reconciler, which passes it on before any receipt it matches.
             self._produce("carrier-receipts",
                           receipt_key(update.connector, update.carrier_message_id), value)
+        else:
+            self._produce("status-updates", message["message_id"], value)
 
     def _deadline(self, message: Mapping[str, Any], entry: Mapping[str, Any], until_ms: int,
                   now: int) -> None:

@@ -5,7 +5,9 @@ Carrier receipts name only the carrier's id; dispatch announces each submission 
 the reconciler sees both in one ordered stream per key and keeps, per key, the submission and any
 receipt that came first. Per record:
 
-* a **submission** is remembered; receipts waiting for it are matched now;
+* a **submission** is remembered and passed on (it is the message's ``sent``: dispatch writes it
+  here only, so on ``status-updates`` a ``sent`` always precedes the receipts matched to it);
+  receipts waiting for it are matched now;
 * a **receipt** with a known submission becomes a StatusUpdate for its message; otherwise it waits
   (bounded by ``ttl_ms``) — early receipts are normal: an SMSC may report before its
   submit_sm_resp is read, and dispatch announces submissions once per batch;
@@ -68,7 +70,8 @@ def on_submission(state: Mapping[str, Any] | None, submission: Mapping[str, Any]
     kept = {k: submission.get(k) for k in (
         "message_id", "attempt", "account_id", "channel", "connector", "trace_id")}
     pending = list((state or {}).get("pending") or [])
-    updates = [u for u in (status_update(p["receipt"], kept) for p in pending) if u is not None]
+    updates = [dict(submission)]  # the "sent" itself, so it always precedes its receipts
+    updates += [u for u in (status_update(p["receipt"], kept) for p in pending) if u is not None]
     return Match("submission", {"submission": kept, "pending": []}, updates)
 
 

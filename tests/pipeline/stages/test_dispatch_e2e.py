@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Message
 
 from connectors.simulators.smsc_model import Faults, SmscConfig
 from connectors.simulators.threaded import ThreadedSmsc
@@ -51,14 +52,24 @@ def start(settings: Settings, worker: Callable[[str, Settings], Worker]) -> dict
     return {s: worker(s, settings) for s in ("ingest", "ratelimit", "scheduler", "dispatch")}
 
 
+def dispatch_updates(settings: Settings) -> list[Message]:
+    """Dispatch's status updates: ``failed`` on status-updates, ``sent`` announced on
+    carrier-receipts (for the reconciler), in the order each topic holds them."""
+    failed = [m for m in read_all(settings, "status-updates")
+              if CODEC.decode(m.value())["source"] == "dispatch"]
+    sent = [m for m in read_all(settings, "carrier-receipts")
+            if CODEC.decode_with_name(m.value())[0] == "status_update"]
+    return sorted(failed + sent, key=lambda m: m.timestamp()[1])
+
+
 def statuses(settings: Settings, expected: int, timeout: float = 120) -> dict[str, dict]:
     """Latest dispatch status (sent/failed) per message id, once ``expected`` have one."""
     deadline = time.monotonic() + timeout
     while True:
         found = {}
-        for m in read_all(settings, "status-updates"):
+        for m in dispatch_updates(settings):
             s = CODEC.decode(m.value(), expected="status_update")
-            if s["status"] in ("sent", "failed") and s["source"] == "dispatch":
+            if s["status"] in ("sent", "failed"):
                 found[s["message_id"]] = s
         if len(found) >= expected or time.monotonic() > deadline:
             return found

@@ -33,6 +33,12 @@ def test_key_names_connector_and_carrier_id() -> None:
     assert receipt_key("smsc-a", "00AB") == "smsc-a:00AB"
 
 
+def test_submission_is_passed_on_as_the_messages_sent() -> None:
+    m = on_submission(None, SUBMISSION)
+    assert m.updates == [SUBMISSION] and m.state is not None
+    assert m.state["submission"]["message_id"] == "TX1"
+
+
 def test_receipt_after_submission_is_matched_with_its_attempt() -> None:
     state = on_submission(None, SUBMISSION).state
     m = on_receipt(state, receipt(error_code=None), 6_000, TTL)
@@ -49,7 +55,8 @@ def test_early_receipt_waits_then_matches_when_the_submission_comes() -> None:
     second = on_receipt(m.state, receipt("sent"), 6_500, TTL)
     assert second.deadline_ms is None  # one deadline per waiting key
     matched = on_submission(second.state, SUBMISSION)
-    assert [u["status"] for u in matched.updates] == ["delivered", "sent"]
+    assert [(u["status"], u["source"]) for u in matched.updates] == [
+        ("sent", "dispatch"), ("delivered", "receipt"), ("sent", "receipt")]
     assert matched.state is not None and matched.state["pending"] == []
     assert on_deadline(matched.state, 36_000, TTL).outcome == "idle"
 
