@@ -3,12 +3,18 @@ simulator sending delivery receipts over SMPP, the history read by an independen
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from connectors.simulators.smsc_model import SmscConfig
+import pytest
+
+from connectors.base import normalise_message_id
+from connectors.simulators.smsc_model import Faults, SmscConfig
 from connectors.simulators.threaded import ThreadedSmsc
+from pipeline.codec import AvroCodec
 from pipeline.sdk import OutboundMessage, TelexProducer
 from pipeline.settings import Settings
 from tests.fixtures.telex import Worker, read_all
@@ -20,6 +26,21 @@ from tests.pipeline.stages.pipeline_helpers import (
     start_pipeline,
     wait_final,
 )
+
+CODEC = AvroCodec()
+
+
+def wait_for(probe: Callable[[], Any], until: Callable[[Any], bool] = bool,
+             timeout: float = 120) -> Any:
+    """Poll ``probe`` until ``until`` holds for its value; fail the test on time-out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if until(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met in {timeout} s (last value {value!r})")
+        time.sleep(0.2)  # pacing between probes; the condition decides
 
 
 def sms(n: int, tag: str) -> list[OutboundMessage]:
@@ -85,3 +106,62 @@ def test_resendable_receipt_failure_is_resent_once_through_another_route(
                          ("sent", "sent", 1, "smsc-b"),
                          ("delivered", "delivered", 1, "smsc-b")], steps
         assert events[2]["error_code"] == 30003 and "resending" in events[2]["error_reason"]
+
+
+CHAOS = Faults(early_receipt_rate=0.10, duplicate_receipt_rate=0.05, unknown_receipt_rate=0.02,
+               lost_receipt_rate=0.01, out_of_order_rate=0.05)
+EXPECTED = {"DELIVRD": ("delivered", None), "EXPIRED": ("undelivered", 30036)}
+
+
+@pytest.mark.parametrize("kill", [False, True], ids=["steady", "sigkill-reconcile-and-status"])
+def test_receipt_chaos_ends_every_message_in_its_right_final_state(
+        topics: Settings, worker: Callable[[str, Settings], Worker], tmp_path: Path,
+        kill: bool) -> None:
+    """10 % early, 5 % duplicated, 2 % unknown ids, 1 % never arrive, 5 % out-of-order pairs:
+    every message ends in the state its receipts say (lost → undelivered 30008 at the end of
+    the receipt window), unknown ids land in receipts-unmatched, no history regresses — also
+    when the reconciler and the status stage are SIGKILLed mid-stream and restarted."""
+    n = 1000
+    with ThreadedSmsc(SmscConfig(seed=11, outcomes={"DELIVRD": 0.95, "EXPIRED": 0.05}),
+                      CHAOS) as smsc:
+        settings = topics.model_copy(update={
+            "carriers_file": carriers_file(tmp_path, [smpp("smsc-a", smsc.port, window=50)],
+                                           [{"channel": "sms", "prefix": "",
+                                             "connectors": ["smsc-a"]}]),
+            "receipt_window_s": 15, "receipt_match_ttl_s": 3})
+        workers = start_pipeline(settings, worker)
+        batch = sms(n, f"chaos{int(kill)}")
+        by_recipient: dict[str, str] = {}
+        with TelexProducer(settings) as producer:
+            for m in batch:
+                by_recipient[m.recipient.lstrip("+")] = producer.send(m)
+        if kill:
+            for stage, share in (("reconcile", 0.3), ("status", 0.6)):
+                wait_for(lambda share=share: len(smsc.receipts_sent) >= share * n)
+                workers[stage].kill()
+                workers[stage] = worker(stage, settings)
+        history = wait_final(settings, set(by_recipient.values()), workers)
+        plans = {r.destination_addr: r.receipts for r in smsc.submits if r.receipts}
+
+    assert set(plans) == set(by_recipient), "every message submitted once, with a receipt plan"
+    wrong, regressed = [], []
+    for recipient, message_id in by_recipient.items():
+        plan = plans[recipient]
+        want = ("undelivered", 30008) if plan.lost else EXPECTED[plan.stat]
+        events = applied(history[message_id])
+        regressed += [(message_id, p) for p in regressions(events)]
+        got = (events[-1]["effective_status"], events[-1]["error_code"])
+        if got != want:
+            wrong.append((message_id, plan, got))
+    assert regressed == []
+    assert wrong == []
+    kinds = Counter(k for p in plans.values() for k in ("early", "duplicate", "lost",
+                                                         "out_of_order") if getattr(p, k))
+    assert all(kinds[k] > 0 for k in ("early", "duplicate", "lost", "out_of_order")), kinds
+    unknown = {p.unknown_id for p in plans.values() if p.unknown_id}
+    assert unknown, "the simulator sent receipts for unknown ids"
+    unmatched = wait_for(lambda: {CODEC.decode(m.value())["carrier_message_id"]
+                                  for m in read_all(settings, "receipts-unmatched")} or None,
+                         until=lambda found: found is not None and len(found) >= len(unknown))
+    assert {normalise_message_id(u) for u in unknown} == unmatched
+    assert read_all(settings, "dlq-reconcile") == read_all(settings, "dlq-status") == []
