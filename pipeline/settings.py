@@ -123,6 +123,10 @@ class Settings(BaseSettings):
         86_400, ge=60, validation_alias="TELEX_DEDUP_WINDOW_S",
         description="TELEX_DEDUP_WINDOW_S: how long an idempotency key is remembered (24 h).",
     )
+    pg_schema: str = Field(
+        "telex", pattern=r"^[a-z_][a-z0-9_]{0,62}$", validation_alias="TELEX_PG_SCHEMA",
+        description="TELEX_PG_SCHEMA: PostgreSQL schema the status sink writes its tables to.",
+    )
     receipt_window_s: float = Field(
         172_800, gt=0, validation_alias="TELEX_RECEIPT_WINDOW_S",
         description="TELEX_RECEIPT_WINDOW_S: how long a sent message waits for its delivery "

@@ -10,7 +10,7 @@ import structlog
 from pipeline.observability import configure_logging, start_metrics_server
 from pipeline.settings import Settings, get_settings
 
-STAGES = ("ingest", "ratelimit", "scheduler", "dispatch", "reconcile", "status")
+STAGES = ("ingest", "ratelimit", "scheduler", "dispatch", "reconcile", "status", "pgsink")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -35,6 +35,10 @@ def _run(args: argparse.Namespace) -> int:
         return _run_scheduler(settings)
     if args.stage == "dispatch":
         return _run_dispatch(settings)
+    if args.stage == "pgsink":
+        from pipeline.stages import pgsink
+
+        return pgsink.run(settings)
     from pipeline.stages import ingest, ratelimit, reconcile, status
 
     builders = {"ingest": ingest.build_app, "ratelimit": ratelimit.build_app,
