@@ -82,6 +82,11 @@ class Settings(BaseSettings):
         "127.0.0.1", validation_alias="TELEX_WEBHOOK_HOST",
         description="TELEX_WEBHOOK_HOST: address the status-webhook receiver listens on.",
     )
+    webhook_verify_token: SecretStr | None = Field(
+        None, validation_alias="TELEX_WEBHOOK_VERIFY_TOKEN",
+        description="TELEX_WEBHOOK_VERIFY_TOKEN: token Meta's GET subscription check must "
+        "present; unset refuses every check (403).",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", validation_alias="TELEX_LOG_LEVEL"
     )

@@ -10,7 +10,8 @@ import structlog
 from pipeline.observability import configure_logging, start_metrics_server
 from pipeline.settings import Settings, get_settings
 
-STAGES = ("ingest", "ratelimit", "scheduler", "dispatch", "reconcile", "status", "pgsink")
+STAGES = ("ingest", "ratelimit", "scheduler", "dispatch", "reconcile", "status", "pgsink",
+          "webhooks")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -35,6 +36,10 @@ def _run(args: argparse.Namespace) -> int:
         return _run_scheduler(settings)
     if args.stage == "dispatch":
         return _run_dispatch(settings)
+    if args.stage == "webhooks":
+        from pipeline.stages import webhooks
+
+        return webhooks.run(settings)
     if args.stage == "pgsink":
         from pipeline.stages import pgsink
 
