@@ -138,6 +138,11 @@ class Settings(BaseSettings):
         "receipt before it ends undelivered with 30008 (48 h; carriers retry for up to the "
         "validity period).",
     )
+    in_doubt_window_s: float = Field(
+        900, gt=0, validation_alias="TELEX_IN_DOUBT_WINDOW_S",
+        description="TELEX_IN_DOUBT_WINDOW_S: how long a WhatsApp attempt left in doubt by a "
+        "dispatch crash waits for a receipt naming it before it fails with 30008 (15 min).",
+    )
     receipt_match_ttl_s: float = Field(
         30, gt=0, validation_alias="TELEX_RECEIPT_MATCH_TTL_S",
         description="TELEX_RECEIPT_MATCH_TTL_S: how long a receipt waits for dispatch to "

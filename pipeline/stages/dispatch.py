@@ -234,7 +234,9 @@ class DispatchWorker:
         latest = self._journal.get(message["message_id"])
         if latest is not None and latest["state"] == decision.ATTEMPTING:
             # A previous worker died between journaling the attempt and its result.
-            resolved = decision.resolve_in_doubt(latest, message["channel"], now)
+            resolved = decision.resolve_in_doubt(
+                latest, message["channel"], now,
+                reconcile_window_ms=int(self._settings.in_doubt_window_s * 1000))
             self._journal_write(dict(resolved.journal))
             self._outcomes["in_doubt_resend"].inc()
             log.warning("in_doubt_resolved", message_id=message["message_id"],

@@ -12,13 +12,16 @@ from typing import Any
 import pytest
 
 from connectors.base import normalise_message_id
+from connectors.simulators.http_channel import HttpChannelConfig, HttpChannelSimulator, HttpFaults
 from connectors.simulators.smsc_model import Faults, SmscConfig
 from connectors.simulators.threaded import ThreadedSmsc
 from pipeline.codec import AvroCodec
+from pipeline.procutil import free_ports
 from pipeline.sdk import OutboundMessage, TelexProducer
 from pipeline.settings import Settings
 from tests.fixtures.telex import Worker, read_all
 from tests.pipeline.stages.pipeline_helpers import (
+    ALL_STAGES,
     applied,
     carriers_file,
     regressions,
@@ -165,3 +168,89 @@ def test_receipt_chaos_ends_every_message_in_its_right_final_state(
                          until=lambda found: found is not None and len(found) >= len(unknown))
     assert {normalise_message_id(u) for u in unknown} == unmatched
     assert read_all(settings, "dlq-reconcile") == read_all(settings, "dlq-status") == []
+
+
+WA_SENDER = "whatsapp:+14155550199"  # demo registry WhatsApp sender
+WA_SECRET = "e2e-app-secret"
+WA_TOKEN = "e2e-token"
+
+
+def whatsapp_settings(topics: Settings, tmp_path: Path, sim: HttpChannelSimulator,
+                      port: int, **extra: Any) -> Settings:
+    connector = {"name": "wa", "type": "whatsapp", "base_url": sim.base_url,
+                 "phone_number_id": "1099", "access_token": WA_TOKEN, "app_secret": WA_SECRET,
+                 "window": 16, "timeout_s": 5, "trust_env": False}
+    return topics.model_copy(update={
+        "carriers_file": carriers_file(tmp_path, [connector], [
+            {"channel": "whatsapp", "prefix": "", "connectors": ["wa"]}]),
+        "webhook_port": port, "receipt_match_ttl_s": 3, **extra})
+
+
+def whatsapp(n: int, tag: str) -> list[OutboundMessage]:
+    return [OutboundMessage(account_id="acct-1", channel="whatsapp", sender=WA_SENDER,
+                            recipient=f"whatsapp:+1415304{i:04d}", body=f"{tag} {i}",
+                            idempotency_key=f"{tag}-{i}") for i in range(n)]
+
+
+def test_whatsapp_status_webhooks_become_final_statuses(
+        topics: Settings, worker: Callable[[str, Settings], Worker], tmp_path: Path) -> None:
+    """Signed status webhooks (some early, duplicated, out of order) through the receiver and
+    the reconciler: each message ends as its last webhook says (read or failed), in order."""
+    [port] = free_ports(1)
+    config = HttpChannelConfig(access_token=WA_TOKEN, app_secret=WA_SECRET, seed=4,
+                               callback_url=f"http://127.0.0.1:{port}/webhooks/wa",
+                               outcomes={"read": 0.8, "failed": 0.2})
+    faults = HttpFaults(early_receipt_rate=0.1, duplicate_receipt_rate=0.05,
+                        out_of_order_rate=0.05)
+    with HttpChannelSimulator(config, faults) as sim:
+        settings = whatsapp_settings(topics, tmp_path, sim, port)
+        workers = start_pipeline(settings, worker, (*ALL_STAGES, "webhooks"))
+        with TelexProducer(settings) as producer:
+            ids = set(producer.send_batch(whatsapp(120, "wa")))
+        history = wait_final(settings, ids, workers)
+        plans = {r.opaque: r.receipts for r in sim.sends if r.receipts}
+
+    assert set(plans) == ids
+    for i in ids:
+        events = applied(history[i])
+        assert regressions(events) == [], i
+        assert events[-1]["effective_status"] == plans[i].status, (i, plans[i], events)
+    assert Counter(p.status for p in plans.values()).keys() == {"read", "failed"}
+
+
+def test_whatsapp_in_doubt_after_a_dispatch_crash_is_settled_by_receipt_not_resent(
+        topics: Settings, worker: Callable[[str, Settings], Worker], tmp_path: Path) -> None:
+    """Dispatch is SIGKILLed while sends are in flight (200 ms each). WhatsApp is never resent
+    blindly: a message the channel received ends as its webhooks say, matched by the message
+    id the channel echoes; one it never received fails with 30008 at the in-doubt deadline.
+    No message is sent twice."""
+    [port] = free_ports(1)
+    config = HttpChannelConfig(access_token=WA_TOKEN, app_secret=WA_SECRET, seed=8,
+                               callback_url=f"http://127.0.0.1:{port}/webhooks/wa",
+                               latency_s=0.2, status_delay_s=0.2, outcomes={"read": 1.0})
+    with HttpChannelSimulator(config) as sim:
+        settings = whatsapp_settings(topics, tmp_path, sim, port, in_doubt_window_s=8,
+                                     dispatch_batch=64)
+        workers = start_pipeline(settings, worker, (*ALL_STAGES, "webhooks"))
+        with TelexProducer(settings) as producer:
+            ids = set(producer.send_batch(whatsapp(300, "wd")))
+        wait_for(lambda: len(sim.sends) >= 100)  # past the first burst: sends trickle at 80/s
+        workers["dispatch"].kill()
+        workers["dispatch"] = worker("dispatch", settings)
+        history = wait_final(settings, ids, workers)
+        received = Counter(r.opaque for r in sim.sends if r.http_status == 200)
+
+    assert max(received.values()) == 1, "a WhatsApp message was sent twice"
+    journal = [CODEC.decode(m.value()) for m in read_all(settings, "dispatch-journal")]
+    in_doubt = {e["message_id"] for e in journal if e["state"] == "IN_DOUBT_RESOLVED"}
+    assert in_doubt, "the kill left attempts in doubt"
+    for i in ids:
+        events = applied(history[i])
+        assert regressions(events) == [], i
+        last = events[-1]
+        if i in received:
+            assert last["effective_status"] == "read", (i, events)
+        else:
+            assert (last["effective_status"], last["error_code"], last["source"]) == (
+                "failed", 30008, "timeout"), (i, events)
+            assert i in in_doubt
