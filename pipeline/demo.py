@@ -1,8 +1,9 @@
 """``telex demo``: the pipeline end to end on a local broker, with real output.
 
-Starts a Maven-assembled Kafka broker (unless KAFKA_BOOTSTRAP_SERVERS is set) and an SMSC
-simulator (SMPP 3.4 over TCP, sending delivery receipts), applies the topic catalogue, runs the
-stage workers as real processes (ingest, rate limit, scheduler, dispatch, reconcile, status),
+Starts a Maven-assembled Kafka broker (unless KAFKA_BOOTSTRAP_SERVERS is set), an SMSC
+simulator (SMPP 3.4 over TCP, sending delivery receipts) and a WhatsApp-style HTTP channel
+simulator (signed status webhooks), applies the topic catalogue, runs the stage workers as real
+processes (ingest, rate limit, scheduler, dispatch, reconcile, status, webhook receiver),
 publishes a mixed batch of requests through the SDK (duplicates, conflicting repeats,
 unregistered senders) and prints the final status of every message, read from the compacted
 ``delivery-status-latest`` topic.
@@ -27,13 +28,16 @@ from pipeline.procutil import free_ports
 from pipeline.sdk import OutboundMessage, TelexProducer
 from pipeline.settings import Settings, load_settings
 from pipeline.topic_reader import read_from_start
+from pipeline.topics import STAGES as DLQ_STAGES
 from pipeline.topics import admin_client, apply_topics, catalogue
 
-STAGES = ("ingest", "ratelimit", "scheduler", "dispatch", "reconcile", "status")
+STAGES = ("ingest", "ratelimit", "scheduler", "dispatch", "reconcile", "status", "webhooks")
 FINAL = ("delivered", "undelivered", "failed", "read", "canceled")
 # Senders of the demo registry with their default limits: short code 100/s, alphanumeric
 # 10/s, toll-free 3/s; requests are spread 90/8/2 % over them.
 _SENDERS = ((90, "55501"), (8, "TELEX"), (2, "+18445550100"))
+WA_SENDER = "whatsapp:+14155550199"
+WA_SECRET = "demo-app-secret"  # the local simulator's; never printed
 
 
 def _sender(i: int) -> str:
@@ -45,16 +49,20 @@ def _sender(i: int) -> str:
     return _SENDERS[0][1]
 
 
+def _request(i: int) -> OutboundMessage:
+    if i % 10 == 5:  # 10 % WhatsApp
+        return OutboundMessage(account_id=f"acct-{i % 5}", channel="whatsapp",
+                               sender=WA_SENDER, recipient=f"whatsapp:+1415556{i % 10_000:04d}",
+                               body=f"Your order {i} has shipped", idempotency_key=f"demo-{i}")
+    return OutboundMessage(
+        account_id=f"acct-{i % 5}", channel="sms",
+        sender="+19995550100" if i % 50 == 0 else _sender(i),  # 2 % unregistered
+        recipient="+1415555" + f"{i % 10_000:04d}", body=f"Your code is {100000 + i}",
+        idempotency_key=f"demo-{i}")
+
+
 def _requests(count: int, rng: random.Random) -> tuple[list[OutboundMessage], dict[str, int]]:
-    base = [
-        OutboundMessage(
-            account_id=f"acct-{i % 5}", channel="sms",
-            sender="+19995550100" if i % 50 == 0 else _sender(i),  # 2 % unregistered
-            recipient="+1415555" + f"{i % 10_000:04d}", body=f"Your code is {100000 + i}",
-            idempotency_key=f"demo-{i}",
-        )
-        for i in range(count)
-    ]
+    base = [_request(i) for i in range(count)]
     repeats = rng.sample(base, count // 10)
     conflicts = [replace(m, body=f"{m.body} (edited)") for m in rng.sample(base, count // 50)]
     plan = {"requests": count + len(repeats) + len(conflicts), "unique": count,
@@ -86,17 +94,34 @@ def run(count: int = 2000, timeout: float = 120.0) -> int:
                                  "--receipt-delay-ms", "200", "--outcome", "DELIVRD:0.96",
                                  "--outcome", "UNDELIV:0.02", "--outcome", "EXPIRED:0.02"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wa_port, hook_port = free_ports(2)
+        channel = subprocess.Popen([
+            sys.executable, "-m", "connectors.simulators.http_channel", "--port", str(wa_port),
+            "--access-token", "demo-token", "--app-secret", WA_SECRET, "--seed", "2",
+            "--callback-url", f"http://127.0.0.1:{hook_port}/webhooks/wa-demo",
+            "--latency-ms", "5", "--status-delay-ms", "200", "--outcome", "read:0.9",
+            "--outcome", "delivered:0.05", "--outcome", "failed:0.05"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         carriers = Path(tmp) / "carriers.json"
         carriers.write_text(json.dumps({
             "connectors": [{"name": "smsc-demo", "type": "smpp", "host": "127.0.0.1",
                             "port": smsc_port, "system_id": "telex",
-                            "password": "demopass", "window": 50}],
-            "routes": [{"channel": "sms", "prefix": "", "connectors": ["smsc-demo"]}]}))
+                            "password": "demopass", "window": 50},
+                           {"name": "wa-demo", "type": "whatsapp",
+                            "base_url": f"http://127.0.0.1:{wa_port}",
+                            "phone_number_id": "1099", "access_token": "demo-token",
+                            "app_secret": WA_SECRET, "trust_env": False}],
+            "routes": [{"channel": "sms", "prefix": "", "connectors": ["smsc-demo"]},
+                       {"channel": "whatsapp", "prefix": "", "connectors": ["wa-demo"]}]}))
         print(f"carrier: SMSC simulator (SMPP 3.4) on 127.0.0.1:{smsc_port}, 2 ms latency, "
               "2 % throttled; receipts after 200 ms: 96 % DELIVRD, 2 % UNDELIV, 2 % EXPIRED")
+        print(f"carrier: WhatsApp-style HTTP channel simulator on 127.0.0.1:{wa_port}; signed "
+              f"status webhooks to the receiver on 127.0.0.1:{hook_port}: 90 % read, "
+              "5 % delivered, 5 % failed")
         settings = settings.model_copy(update={"carriers_file": str(carriers),
                                                "retry_schedule_s": (1, 2, 4),
-                                               "receipt_window_s": 60})
+                                               "receipt_window_s": 60,
+                                               "webhook_port": hook_port})
         env = {**os.environ, **settings.to_env(),
                "TELEX_LOG_LEVEL": os.environ.get("TELEX_LOG_LEVEL", "WARNING")}
         logs = {s: Path(tmp) / f"{s}.log" for s in STAGES}
@@ -106,7 +131,7 @@ def run(count: int = 2000, timeout: float = 120.0) -> int:
                 workers.append(subprocess.Popen(
                     [sys.executable, "-m", "pipeline.cli.main", "worker", stage], env=env,
                     stdout=out, stderr=subprocess.STDOUT))
-        workers.append(smsc)
+        workers += [smsc, channel]
         try:
             result = _run_batch(settings, count, timeout)
             if result != 0:
@@ -141,7 +166,7 @@ def _run_batch(settings: Settings, count: int, timeout: float) -> int:
     elapsed = time.monotonic() - started
     history = _drain(settings, "delivery-status")
     conflicts = len(_drain(settings, "request-rejections"))
-    dead = sum(len(_drain(settings, f"dlq-{s}")) for s in STAGES if s != "scheduler")
+    dead = sum(len(_drain(settings, f"dlq-{s}")) for s in DLQ_STAGES)
     deferred = len({k for k, _ in _drain(settings, "ratelimit-deferrals")})
     summary = Counter(statuses.values())
     print(f"\nfinal statuses after {elapsed:.1f} s ({len(statuses)} messages, "
