@@ -6,12 +6,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from pipeline.cli import broker, demo, ops, topics, worker
+from pipeline.cli import broker, demo, dlq, ops, topics, trace, worker
 from pipeline.errors import TelexError
 
 # Each command-group module exposes ``register(subparsers)`` and sets ``func`` on its parsers;
 # ``func(args) -> int`` returns the process exit code.
-_GROUPS = (broker, topics, worker, demo, ops)
+_GROUPS = (broker, topics, worker, demo, ops, dlq, trace)
 
 EXIT_OK = 0
 EXIT_ERROR = 1

@@ -1,7 +1,7 @@
 """``telex lag`` and ``telex health``: what an SRE on call looks at first.
 
-Exit codes: 0 healthy; 1 error (for example the broker cannot be reached); 3 unhealthy (a stage
-has nobody consuming, or dead letters are waiting).
+Exit codes as every SRE command (:mod:`pipeline.cli.exits`): 0 healthy; 1 unhealthy (a stage
+has nobody consuming, or dead letters are waiting); 3 the broker cannot be reached.
 """
 
 from __future__ import annotations
@@ -9,10 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from pipeline.cli.exits import OK, PROBLEMS, broker_errors
 from pipeline.ops import consumer_lag, dead_letters, stage_members
 from pipeline.settings import get_settings
-
-EXIT_UNHEALTHY = 3
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -26,6 +25,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     health.set_defaults(func=_health)
 
 
+@broker_errors
 def _lag(args: argparse.Namespace) -> int:
     rows = consumer_lag(get_settings(), args.timeout)
     if args.json:
@@ -40,6 +40,7 @@ def _lag(args: argparse.Namespace) -> int:
     return 0
 
 
+@broker_errors
 def _health(args: argparse.Namespace) -> int:
     settings = get_settings()
     members = stage_members(settings, args.timeout)
@@ -57,4 +58,4 @@ def _health(args: argparse.Namespace) -> int:
         for topic, n in dlq.items():
             print(f"  {topic:16} {n:6} dead letter{'s' if n != 1 else ''}")
         print("healthy" if healthy else "UNHEALTHY")
-    return 0 if healthy else EXIT_UNHEALTHY
+    return OK if healthy else PROBLEMS

@@ -48,7 +48,7 @@ def test_lag_shows_each_stage_group_catching_up(
 def test_health_names_stages_not_consuming_and_dead_letters(
     topics: Settings, worker: Callable[[str, Settings], Worker]
 ):
-    """With only ingest running and one poison record dead-lettered, `telex health` exits 3 and
+    """With only ingest running and one poison record dead-lettered, `telex health` exits 1 and
     says which stages are not consuming and which dead-letter topic holds records."""
     produce(topics, "message-requested", [("TXpoison", b"not avro")])
     worker("ingest", topics)
@@ -61,18 +61,19 @@ def test_health_names_stages_not_consuming_and_dead_letters(
             break
         assert time.monotonic() < deadline, report
         time.sleep(0.5)
-    assert run.returncode == 3
-    assert report["stages"] == {"ingest": 1, "ratelimit": 0, "scheduler": 0, "dispatch": 0}
+    assert run.returncode == 1
+    assert report["stages"] == {"ingest": 1, "ratelimit": 0, "scheduler": 0, "dispatch": 0,
+                                "reconcile": 0, "status": 0}
     assert report["dead_letters"]["dlq-ingest"] == 1 and not report["healthy"]
     human = telex(topics, "health")
     assert "dispatch   NOT CONSUMING" in human.stdout and "UNHEALTHY" in human.stdout
 
 
 def test_wrong_broker_address_is_a_clear_error(settings: Settings):
-    """A broker address nobody listens on: exit 1 and a message naming the address."""
+    """A broker address nobody listens on: exit 3 and a message naming the address."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         dead = f"127.0.0.1:{s.getsockname()[1]}"
     run = telex(settings, "lag", "--timeout", "3", bootstrap=dead)
-    assert run.returncode == 1
+    assert run.returncode == 3
     assert f"cannot reach Kafka at {dead}" in run.stderr
