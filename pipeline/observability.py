@@ -23,7 +23,9 @@ _CONTENT_KEYS = frozenset({"body", "text", "media_urls", "recipient", "sender", 
 _SECRET_KEYS = re.compile(r"pass(word)?|secret|token|api_?key|authorization|credential", re.I)
 # E.164 numbers ("+" then digits, maybe spaced) anywhere in free text, e.g. an exception
 # message. Bare digit runs are left alone: they are mostly offsets and timestamps.
-_PHONE = re.compile(r"\+\d[\d\s().-]{5,}\d")
+# A space only inside digit groups ("+44 7911 123456"), so "+14155550100 (1/s)" masks the
+# number and keeps the rate.
+_PHONE = re.compile(r"\+\d(?:[\d().-]| (?=\d)){5,}\d")
 
 
 def _mask_phone(match: re.Match[str]) -> str:

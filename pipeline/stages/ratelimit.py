@@ -132,7 +132,8 @@ class RateLimitStage:
                                    reason=f"scheduled send-at {int(send_at)}")
             return [Out("rl-account", account, value)]
         except Exception as exc:  # routed, counted and logged, never raised
-            return [dead_letter_out(STAGE, value, key, timestamp, headers, exc, now_ms)]
+            return [dead_letter_out(STAGE, value, key, timestamp, headers, exc, now_ms,
+                                    message_id=self._message_id_of(value))]
 
     # -- one bucket step --
 
@@ -154,7 +155,8 @@ class RateLimitStage:
                 outs = self._act(dimension, bucket, limit, verdict, msg, value, next_topic,
                                  next_key(msg), now_ms, booked or 0.0)
             except Exception as exc:  # routed, counted and logged, never raised
-                return [dead_letter_out(STAGE, value, key, timestamp, headers, exc, now_ms)]
+                return [dead_letter_out(STAGE, value, key, timestamp, headers, exc, now_ms,
+                                        message_id=self._message_id_of(value))]
             if verdict.kind in ("release", "defer"):
                 state.set("tat", verdict.reservation.tat_ms)
             if verdict.kind == "defer":
@@ -167,6 +169,14 @@ class RateLimitStage:
             return outs
 
         return process
+
+    def _message_id_of(self, value: bytes) -> str | None:
+        """The message id of a record being dead-lettered, when it decodes at all: these
+        topics are keyed by bucket, so only the header lets `telex trace` find it."""
+        try:
+            return str(self._codec.decode(value, expected="message_accepted")["message_id"])
+        except Exception:  # undecodable: no id to give
+            return None
 
     def _act(self, dimension: str, bucket: str, limit: Limit, verdict: Verdict,
              msg: Mapping[str, Any], value: bytes, next_topic: str, next_key: str,
