@@ -117,7 +117,7 @@ def one_run(bootstrap: str, n: int, tmp: Path) -> dict[str, dict[str, float]]:
     worker = [sys.executable, "-m", "pipeline.cli.main", "worker", "ingest"]
     baseline = _measure(
         [sys.executable, "-m", "bench.passthrough", settings.topic("message-requested"),
-         settings.topic("baseline-a"), settings.topic("baseline-b"), settings.topic("baseline")],
+         settings.topic("baseline"), settings.topic("baseline-a"), settings.topic("baseline-b")],
         settings, settings.topic("baseline-a"), n)
     ingest = _measure(worker, settings, settings.topic("message-accepted"), n)
     eos = _prepare(bootstrap, n, tmp)

@@ -1,8 +1,9 @@
 """Baseline stage: a plain confluent-kafka consume→produce loop with Telex's commit discipline.
 
-For each input it writes two outputs (as ingest does: accepted + status), with the same producer
-settings as the stages; it commits offsets only after the batch's outputs are acknowledged.
-Usage: python -m bench.passthrough IN_TOPIC OUT_TOPIC_A OUT_TOPIC_B GROUP
+For each input it writes one record to each output topic (two, as ingest does: accepted +
+status; one per hop in a chain), with the same producer settings as the stages; it commits
+offsets only after the batch's outputs are acknowledged.
+Usage: python -m bench.passthrough IN_TOPIC GROUP OUT_TOPIC [OUT_TOPIC ...]
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pipeline.settings import get_settings
 
 
 def main(argv: list[str]) -> int:
-    in_topic, out_a, out_b, group = argv
+    in_topic, group, *outputs = argv
     settings = get_settings()
     consumer = Consumer({**settings.kafka_config(), "group.id": group,
                          "auto.offset.reset": "earliest", "enable.auto.commit": False,
@@ -34,7 +35,7 @@ def main(argv: list[str]) -> int:
         batch = consumer.consume(500, 0.1)
         records = [m for m in batch if m.error() is None]
         for m in records:
-            for topic in (out_a, out_b):
+            for topic in outputs:
                 while True:
                     try:
                         producer.produce(topic, key=m.key(), value=m.value(),

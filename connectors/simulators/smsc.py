@@ -23,6 +23,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TextIO
 
 from connectors.simulators.smsc_model import (
     Decider,
@@ -96,6 +97,7 @@ class SmscSimulator:
         self._parked: defaultdict[str, list[_Receipt]] = defaultdict(list)
         self._server: asyncio.Server | None = None
         self._stopped = False
+        self._submit_log: TextIO | None = None
 
     @property
     def port(self) -> int:
@@ -112,6 +114,8 @@ class SmscSimulator:
         return {r.receipts.message_id: r.receipts for r in self.submits if r.receipts}
 
     async def start(self) -> None:
+        if self.config.submit_log:
+            self._submit_log = open(self.config.submit_log, "a", buffering=1)  # noqa: SIM115
         self._server = await asyncio.start_server(self._serve, self.config.host, self.config.port)
 
     async def stop(self) -> None:
@@ -122,6 +126,8 @@ class SmscSimulator:
             session.writer.transport.abort()
         if self._server is not None:
             await self._server.wait_closed()
+        if self._submit_log is not None:
+            self._submit_log.close()
 
     async def __aenter__(self) -> SmscSimulator:
         await self.start()
@@ -212,6 +218,8 @@ class SmscSimulator:
             plan = self._plan(message_id, self._decide.outcome())
         record = _record(session.system_id, pdu, status, message_id, plan)
         self.submits.append(record)
+        if self._submit_log is not None:
+            self._submit_log.write(f"{time.time_ns() // 1_000_000} {record.text}\n")
         if drop:
             session.writer.transport.abort()
             return
@@ -351,6 +359,8 @@ def _parse_args(argv: list[str] | None) -> tuple[SmscConfig, Faults]:
                     help="final stat first, then --intermediate-stat")
     ap.add_argument("--intermediate-stat", choices=["ENROUTE", "ACCEPTD"], default="ENROUTE")
     ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--submit-log", default=None, metavar="PATH",
+                    help="append '<wall ms> <text>' per submit_sm (benchmarks)")
     a = ap.parse_args(argv)
     accounts = dict(x.split(":", 1) for x in a.account) or {"telex": "secret"}
     outcomes = {k: float(v) for k, v in (x.split(":", 1) for x in a.outcome)} or {"DELIVRD": 1.0}
@@ -358,7 +368,8 @@ def _parse_args(argv: list[str] | None) -> tuple[SmscConfig, Faults]:
         host=a.host, port=a.port, accounts=accounts, id_format=IdFormat(a.id_format),
         receipt_ids_other_form=a.receipt_ids_other_form, receipt_form=ReceiptForm(a.receipt_form),
         receipt_delay_s=a.receipt_delay_ms / 1000, outcomes=outcomes,
-        latency_s=a.latency_ms / 1000, max_submits_per_s=a.max_rate, seed=a.seed)
+        latency_s=a.latency_ms / 1000, max_submits_per_s=a.max_rate, seed=a.seed,
+        submit_log=a.submit_log)
     faults = Faults(throttle_rate=a.throttle_rate, reject_rate=a.reject_rate,
                     no_response_rate=a.no_response_rate,
                     duplicate_receipt_rate=a.duplicate_receipt_rate,

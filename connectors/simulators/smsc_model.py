@@ -44,6 +44,9 @@ class SmscConfig:
     latency_s: float = 0.0  # before each submit_sm_resp; responses overlap, like a real SMSC
     max_submits_per_s: float | None = None  # excess answered ESME_RTHROTTLED
     seed: int | None = None
+    # Append "<wall ms> <text>" per submit_sm here (line-buffered), so a benchmark running the
+    # simulator as its own process measures latency where the carrier receives the message.
+    submit_log: str | None = None
 
 
 @dataclass(slots=True)
