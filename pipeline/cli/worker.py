@@ -7,6 +7,8 @@ import signal
 
 import structlog
 
+from pipeline.cli.supervise import EXIT_CONFIG
+from pipeline.errors import ConfigError
 from pipeline.observability import configure_logging, start_metrics_server
 from pipeline.settings import Settings, get_settings
 
@@ -19,12 +21,28 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("stage", choices=STAGES)
     parser.add_argument("--exactly-once", action="store_true",
                         help="Kafka transactions instead of at-least-once + idempotent stages")
+    parser.add_argument("--no-supervise", action="store_true",
+                        help="run the stage in this process; by default a supervisor restarts "
+                        "it after an error exit (see pipeline/cli/supervise.py)")
     parser.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     settings = get_settings()
     configure_logging(settings.log_level)
+    if not args.no_supervise:
+        from pipeline.cli.supervise import supervise
+
+        argv = ["worker", args.stage, "--no-supervise"]
+        return supervise(args.stage, argv + (["--exactly-once"] if args.exactly_once else []))
+    try:
+        return _run_stage(args, settings)
+    except ConfigError as exc:
+        structlog.get_logger("telex.worker").error("config_error", error=str(exc))
+        return EXIT_CONFIG
+
+
+def _run_stage(args: argparse.Namespace, settings: Settings) -> int:
     log = structlog.get_logger("telex.worker")
     if settings.metrics_port:
         port = start_metrics_server(settings.metrics_port)

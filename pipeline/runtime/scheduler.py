@@ -24,7 +24,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import structlog
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
 from pipeline.metrics import DEAD_LETTERS, RECORDS
 from pipeline.producing import produce_waiting
@@ -41,6 +48,7 @@ from pipeline.runtime.delay import (
     delay_headers,
     tier_topic,
 )
+from pipeline.runtime.membership import is_lost_membership
 from pipeline.settings import Settings
 from pipeline.stages.gcra import Limit, reserve
 
@@ -105,7 +113,7 @@ class Scheduler:
 
     def run(self) -> None:
         self._consumer.subscribe(list(self._tiers), on_assign=self._on_assign,
-                                 on_revoke=self._on_revoke, on_lost=self._on_revoke)
+                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
         try:
             wait = MAX_IDLE_WAIT_S
             while self._running:
@@ -126,6 +134,18 @@ class Scheduler:
         # from the committed offset.
         self._commit(self._touched)
         self._touched = set()
+        self._forget(partitions)
+
+    def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Partitions taken away without a revoke (the session expired, e.g. while the broker
+        was down): they are not ours to commit any more; their next owner repeats what was
+        released since the last commit (at-least-once, the same as after a crash)."""
+        log.warning("partitions_lost", partitions=[(tp.topic, tp.partition) for tp in partitions])
+        self._producer.flush(30)
+        self._touched -= {(tp.topic, tp.partition) for tp in partitions}
+        self._forget(partitions)
+
+    def _forget(self, partitions: list[TopicPartition]) -> None:
         gone = {(tp.topic, tp.partition) for tp in partitions}
         for key in gone:
             self._parts.pop(key, None)
@@ -247,7 +267,12 @@ class Scheduler:
         if self._producer.flush(30) != 0:
             raise RuntimeError("scheduler: releases not acknowledged within 30 s")
         if commits:
-            self._consumer.commit(offsets=commits, asynchronous=False)
+            try:
+                self._consumer.commit(offsets=commits, asynchronous=False)
+            except KafkaException as exc:
+                if not is_lost_membership(exc):
+                    raise
+                log.warning("commit_after_lost_membership", error=exc.args[0].str())
 
     def _send(self, topic: str, msg: Message, extra: list[tuple[str, bytes]],
               now_ms: float) -> None:

@@ -41,6 +41,7 @@ import structlog
 from confluent_kafka import (
     Consumer,
     KafkaError,
+    KafkaException,
     Message,
     Producer,
     TopicPartition,
@@ -69,6 +70,7 @@ from pipeline.routing import (
 )
 from pipeline.runtime.deadletter import Provenance, dead_letter_headers
 from pipeline.runtime.delay import delay_headers, tier_for, tier_topic
+from pipeline.runtime.membership import is_lost_membership
 from pipeline.settings import Settings
 from pipeline.stages import dispatch_decision as decision
 from pipeline.stages.reconcile_decision import receipt_key
@@ -200,9 +202,19 @@ class DispatchWorker:
     async def _dispatch(self, records: list[Message]) -> None:
         now = _now_ms()
         to_submit: list[tuple[Message, dict[str, Any], str]] = []
+        in_batch: set[str] = set()
         for msg in records:
             try:
                 message = self._codec.decode(msg.value(), expected="message_accepted")
+                if message["message_id"] in in_batch:
+                    # Another copy of a message this batch already attempts (upstream stages
+                    # are at-least-once): its ATTEMPTING entry is ours, not a dead worker's,
+                    # so it must not be taken for an in-doubt attempt and sent again.
+                    self._outcomes["duplicate"].inc()
+                    log.info("dispatch_skipped", message_id=message["message_id"],
+                             reason="another copy is in this batch")
+                    continue
+                in_batch.add(message["message_id"])
                 avoid = next((v.decode() for k, v in msg.headers() or ()
                               if k == H_RESEND_AVOID and v is not None), None)
                 plan = self._plan(message, now, avoid)
@@ -224,8 +236,17 @@ class DispatchWorker:
         offsets: dict[tuple[str, int], int] = {}
         for msg in records:
             offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
-        await asyncio.to_thread(self._consumer.commit, offsets=[
-            TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False)
+        try:
+            await asyncio.to_thread(self._consumer.commit, offsets=[
+                TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False)
+        except KafkaException as exc:
+            if not is_lost_membership(exc):
+                raise
+            # The group moved on without us (e.g. the broker was away longer than the session
+            # timeout): the new owner re-reads these records and the journal skips what was
+            # submitted. Nothing to undo; rejoining is the consumer's job.
+            log.warning("commit_after_lost_membership", error=exc.args[0].str(),
+                        partitions=sorted({p for _, p in offsets}))
 
     def _plan(self, message: Mapping[str, Any], now: int, avoid: str | None = None
               ) -> str | None:

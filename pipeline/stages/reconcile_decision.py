@@ -14,7 +14,8 @@ receipt that came first. Per record:
 * a **TTL deadline** (the reconciler books one when a receipt starts waiting) releases what has
   waited ``ttl_ms``: a receipt the connector could name the message of (an HTTP channel echoes our
   id) becomes a StatusUpdate without the submission (the in-doubt case: dispatch never learnt the
-  carrier id); any other goes to ``receipts-unmatched``.
+  carrier id); any other goes to ``receipts-unmatched`` — and stays remembered, so a
+  submission announced later still (dispatch stalled past the TTL) matches it then.
 
 Duplicates pass through: the status model absorbs them, with the whole history in view.
 """
@@ -69,9 +70,10 @@ def on_submission(state: Mapping[str, Any] | None, submission: Mapping[str, Any]
     """Remember which message a carrier id belongs to; match receipts that came first."""
     kept = {k: submission.get(k) for k in (
         "message_id", "attempt", "account_id", "channel", "connector", "trace_id")}
-    pending = list((state or {}).get("pending") or [])
+    waited = [p["receipt"] for p in (state or {}).get("pending") or []]
+    waited += list((state or {}).get("expired") or [])  # gave up on, but a late match is a match
     updates = [dict(submission)]  # the "sent" itself, so it always precedes its receipts
-    updates += [u for u in (status_update(p["receipt"], kept) for p in pending) if u is not None]
+    updates += [u for u in (status_update(r, kept) for r in waited) if u is not None]
     return Match("submission", {"submission": kept, "pending": []}, updates)
 
 
@@ -87,7 +89,7 @@ def on_receipt(state: Mapping[str, Any] | None, receipt: Mapping[str, Any], now_
     pending = list((state or {}).get("pending") or [])
     first = not pending
     pending.append({"since_ms": now_ms, "receipt": dict(receipt)})
-    return Match("waiting", {"submission": None, "pending": pending},
+    return Match("waiting", {**(state or {}), "submission": None, "pending": pending},
                  deadline_ms=now_ms + ttl_ms if first else None)
 
 
@@ -109,6 +111,8 @@ def on_deadline(state: Mapping[str, Any] | None, now_ms: int, ttl_ms: int) -> Ma
         else:
             unmatched.append(receipt)
     deadline = min(p["since_ms"] for p in rest) + ttl_ms if rest else None
-    new_state = {"submission": None, "pending": rest} if rest else None
+    expired = list((state or {}).get("expired") or []) + unmatched
+    new_state = ({"submission": None, "pending": rest, "expired": expired}
+                 if rest or expired else None)
     return Match("released" if updates else "unmatched" if unmatched else "idle", new_state,
                  updates, unmatched, deadline)

@@ -18,6 +18,7 @@ from pipeline.codec import AvroCodec
 from pipeline.runtime.deadletter import H_ORIGINAL_TOPIC, H_STAGE, header_dict
 from pipeline.sdk import OutboundMessage, TelexProducer
 from pipeline.settings import Settings
+from tests.fixtures.samples import sample
 from tests.fixtures.telex import Worker, produce, read_all
 
 CODEC = AvroCodec()
@@ -176,3 +177,24 @@ def test_undecodable_record_is_dead_lettered_and_dispatch_moves_on(
     assert dead.value() == b"\x00not avro" and dead.key() == b"TXgarbage"
     assert headers[H_STAGE] == "dispatch"
     assert headers[H_ORIGINAL_TOPIC] == settings.topic("dispatch-ready")
+
+
+def test_copies_of_a_message_in_one_batch_are_submitted_once(
+    topics: Settings, worker: Callable[[str, Settings], Worker], tmp_path: Path,
+    smsc: ThreadedSmsc,
+):
+    """Upstream stages are at-least-once, so one batch can hold several copies of a message.
+    The second copy must see the first one's ATTEMPTING entry as this batch's own, not as a
+    dead worker's in-doubt attempt to resend (found by the fault-injection suite)."""
+    settings = carriers(topics, tmp_path, smsc)
+    now = int(time.time() * 1000)
+    record = sample("message_accepted", message_id="TX" + "5" * 32, sender="55501",
+                    accepted_at_ms=now, expires_at_ms=now + 600_000)
+    value = CODEC.encode("message_accepted", record)
+    produce(settings, "dispatch-ready", [(record["message_id"], value)] * 4)
+    worker("dispatch", settings)
+    found = statuses(settings, 1)
+    assert found[record["message_id"]]["status"] == "sent"
+    journal = [CODEC.decode(m.value()) for m in read_all(settings, "dispatch-journal")]
+    assert [e["state"] for e in journal] == ["ATTEMPTING", "SUBMITTED"]
+    assert [r.status for r in smsc.submits] == [0]

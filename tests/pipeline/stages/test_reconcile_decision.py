@@ -67,13 +67,24 @@ def test_unknown_id_goes_unmatched_after_the_ttl() -> None:
     done = on_deadline(m.state, 36_000, TTL)
     assert done.outcome == "unmatched" and [r["carrier_message_id"] for r in done.unmatched] == [
         "00AB"]
-    assert done.state is None
+    assert done.state is not None and done.state["pending"] == []
+
+
+def test_a_submission_announced_after_the_ttl_still_matches_the_expired_receipt() -> None:
+    """Dispatch stalled (paused, slow batch) past the TTL: the receipt went to
+    receipts-unmatched, and the late submission still gets its status."""
+    m = on_receipt(None, receipt(), 6_000, TTL)
+    expired = on_deadline(m.state, 36_000, TTL)
+    late = on_submission(expired.state, SUBMISSION)
+    assert [(u["status"], u["source"]) for u in late.updates] == [
+        ("sent", "dispatch"), ("delivered", "receipt")]
+    assert late.state is not None and "expired" not in late.state
 
 
 def test_waiting_receipt_naming_its_message_is_released_without_submission() -> None:
     m = on_receipt(None, receipt(message_id="TX9"), 6_000, TTL)
     done = on_deadline(m.state, 36_000, TTL)
-    assert done.outcome == "released"
+    assert done.outcome == "released" and done.state is None
     assert [(u["message_id"], u["attempt"]) for u in done.updates] == [("TX9", None)]
 
 
