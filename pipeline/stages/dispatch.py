@@ -202,19 +202,20 @@ class DispatchWorker:
     async def _dispatch(self, records: list[Message]) -> None:
         now = _now_ms()
         to_submit: list[tuple[Message, dict[str, Any], str]] = []
-        in_batch: set[str] = set()
+        attempting: set[str] = set()  # message ids this batch journaled ATTEMPTING for
         for msg in records:
             try:
                 message = self._codec.decode(msg.value(), expected="message_accepted")
-                if message["message_id"] in in_batch:
+                if message["message_id"] in attempting:
                     # Another copy of a message this batch already attempts (upstream stages
-                    # are at-least-once): its ATTEMPTING entry is ours, not a dead worker's,
-                    # so it must not be taken for an in-doubt attempt and sent again.
+                    # are at-least-once): that ATTEMPTING entry is ours, not a dead worker's,
+                    # so it must not be taken for an in-doubt attempt and sent again. (A copy
+                    # skipped without an attempt, e.g. a stale release before its retry, does
+                    # not count: the retry in the same batch must still go out.)
                     self._outcomes["duplicate"].inc()
                     log.info("dispatch_skipped", message_id=message["message_id"],
-                             reason="another copy is in this batch")
+                             reason="another copy is being attempted in this batch")
                     continue
-                in_batch.add(message["message_id"])
                 avoid = next((v.decode() for k, v in msg.headers() or ()
                               if k == H_RESEND_AVOID and v is not None), None)
                 plan = self._plan(message, now, avoid)
@@ -223,6 +224,7 @@ class DispatchWorker:
                 continue
             if plan is not None:
                 self._journal_write(decision.attempting_entry(message, plan, now))
+                attempting.add(message["message_id"])
                 to_submit.append((msg, message, plan))
         await self._flush()
 

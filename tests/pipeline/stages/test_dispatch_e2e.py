@@ -198,3 +198,30 @@ def test_copies_of_a_message_in_one_batch_are_submitted_once(
     journal = [CODEC.decode(m.value()) for m in read_all(settings, "dispatch-journal")]
     assert [e["state"] for e in journal] == ["ATTEMPTING", "SUBMITTED"]
     assert [r.status for r in smsc.submits] == [0]
+
+
+def test_a_stale_copy_does_not_hide_the_retry_behind_it_in_the_same_batch(
+    topics: Settings, worker: Callable[[str, Settings], Worker], tmp_path: Path,
+    smsc: ThreadedSmsc,
+):
+    """The journal says attempt 0 failed retryably; one batch holds a late copy of attempt 0
+    and then the retry (attempt 1). The copy is skipped, the retry still goes out — once
+    (a lost message the fault-injection suite found in the first fix of the test above)."""
+    settings = carriers(topics, tmp_path, smsc)
+    now = int(time.time() * 1000)
+    record = sample("message_accepted", message_id="TX" + "6" * 32, sender="55501",
+                    accepted_at_ms=now, expires_at_ms=now + 600_000, attempt=0)
+    failed = sample("dispatch_journal_entry", message_id=record["message_id"], state="FAILED",
+                    attempt=0, connector="smsc-a", retryable=True, error_code=30022,
+                    carrier_message_id=None, at_ms=now)
+    produce(settings, "dispatch-journal",
+            [(record["message_id"], CODEC.encode("dispatch_journal_entry", failed))])
+    produce(settings, "dispatch-ready", [
+        (record["message_id"], CODEC.encode("message_accepted", record)),
+        (record["message_id"], CODEC.encode("message_accepted", {**record, "attempt": 1}))])
+    worker("dispatch", settings)
+    assert statuses(settings, 1)[record["message_id"]]["status"] == "sent"
+    journal = [CODEC.decode(m.value()) for m in read_all(settings, "dispatch-journal")]
+    assert [(e["state"], e["attempt"]) for e in journal] == [
+        ("FAILED", 0), ("ATTEMPTING", 1), ("SUBMITTED", 1)]
+    assert [r.status for r in smsc.submits] == [0]
