@@ -61,7 +61,7 @@ def one_run(bootstrap: str, n: int, window: int, tmp: Path) -> dict[str, float]:
         apply_topics(admin_client(settings), catalogue(settings))
         _preload(settings, n)
         proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli.main", "worker",
-                                 "dispatch"], cwd=REPO,
+                                 "dispatch", "--no-supervise"], cwd=REPO,
                                 env={**worker_env(settings), "TELEX_CARRIERS_FILE": str(carriers)})
         try:
             read_all(settings, "carrier-receipts", until=_submissions_reach(n), timeout=600)

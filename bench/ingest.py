@@ -114,7 +114,7 @@ def _prepare(bootstrap: str, n: int, tmp: Path) -> Settings:
 
 def one_run(bootstrap: str, n: int, tmp: Path) -> dict[str, dict[str, float]]:
     settings = _prepare(bootstrap, n, tmp)
-    worker = [sys.executable, "-m", "pipeline.cli.main", "worker", "ingest"]
+    worker = [sys.executable, "-m", "pipeline.cli.main", "worker", "ingest", "--no-supervise"]
     baseline = _measure(
         [sys.executable, "-m", "bench.passthrough", settings.topic("message-requested"),
          settings.topic("baseline"), settings.topic("baseline-a"), settings.topic("baseline-b")],

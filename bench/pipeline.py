@@ -137,7 +137,9 @@ def rig(bootstrap: str, tmp: Path, broker_pid: int | None) -> Iterator[Rig]:
     try:
         for stage in STAGES:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "pipeline.cli.main", "worker", stage], cwd=REPO,
+                # Unsupervised: the measured pid is the process doing the work.
+                [sys.executable, "-m", "pipeline.cli.main", "worker", stage, "--no-supervise"],
+                cwd=REPO,
                 env=worker_env(settings), preexec_fn=die_with_parent())
             r.procs.append(proc)
             r.pids[stage] = proc.pid
