@@ -15,6 +15,16 @@ from pipeline.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_stats(pid: int) -> tuple[float, int]:
+    """CPU seconds (user+system) and peak RSS in KiB of a live process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    hwm = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text()
+               .splitlines() if line.startswith("VmHWM"))
+    return cpu, hwm
 
 
 @contextmanager

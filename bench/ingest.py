@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -24,21 +23,10 @@ from pathlib import Path
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from bench import harness
-from bench.harness import REPO, worker_env
+from bench.harness import REPO, proc_stats, worker_env
 from pipeline.sdk import OutboundMessage, TelexProducer
 from pipeline.settings import Settings, load_settings
 from pipeline.topics import TopicSpec, admin_client, apply_topics, catalogue
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def _proc_stats(pid: int) -> tuple[float, int]:
-    """CPU seconds (user+system) and peak RSS in KiB of a live process."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK
-    hwm = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text()
-               .splitlines() if line.startswith("VmHWM"))
-    return cpu, hwm
 
 
 def _requests(n: int, tag: str) -> list[OutboundMessage]:
@@ -91,7 +79,7 @@ def _measure(cmd: list[str], settings: Settings, out_topic: str, expected: int
     proc = subprocess.Popen(cmd, cwd=REPO, env=worker_env(settings))
     try:
         arrivals = reader.wait_for(expected, timeout=600)
-        cpu, rss = _proc_stats(proc.pid)
+        cpu, rss = proc_stats(proc.pid)
     finally:
         proc.terminate()
         proc.wait(30)

@@ -48,7 +48,7 @@ from typing import Any
 from confluent_kafka import Consumer, TopicPartition
 from hdrh.histogram import HdrHistogram
 
-from bench.harness import REPO, worker_env
+from bench.harness import REPO, proc_stats, worker_env
 from pipeline.codec import AvroCodec
 from pipeline.devbroker import DevBroker
 from pipeline.procutil import die_with_parent, free_ports
@@ -60,16 +60,6 @@ from pipeline.topics import TopicSpec, admin_client, apply_topics, catalogue
 STAGES = ("ingest", "ratelimit", "scheduler", "dispatch", "reconcile", "status")
 BASELINE_HOPS = 5  # message-requested → accepted → account → route → sender → dispatch-ready
 SENDER = "55501"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def proc_stats(pid: int) -> tuple[float, int]:
-    """CPU seconds (user+system) and peak RSS in KiB of a live process."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK
-    hwm = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text()
-               .splitlines() if line.startswith("VmHWM"))
-    return cpu, hwm
 
 
 @dataclass

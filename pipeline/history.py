@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import fastavro
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from pipeline.settings import Settings
 from pipeline.stages.status_decision import RANK
@@ -28,6 +28,8 @@ __all__ = ["FINAL", "HistoryReader", "applied", "independent_history", "regressi
 
 FINAL = ("delivered", "undelivered", "failed", "read", "canceled")
 _SCHEMA_FILE = Path(__file__).resolve().parents[1] / "schemas" / "delivery_status.avsc"
+_LEADERSHIP = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+               KafkaError.UNKNOWN_TOPIC_OR_PART}
 _MARKER = b"\xc3\x01"
 _HEADER_LEN = 10  # marker + 8-byte fingerprint
 
@@ -59,9 +61,7 @@ class HistoryReader:
             parts = self._consumer.list_topics(self._name, timeout=10).topics[self._name]
             self._positions = dict.fromkeys(parts.partitions, 0)
             self._consumer.assign([TopicPartition(self._name, p, 0) for p in self._positions])
-        ends = {p: self._consumer.get_watermark_offsets(TopicPartition(self._name, p),
-                                                        timeout=10)[1]
-                for p in self._positions}
+        ends = {p: self._end(p, deadline) for p in self._positions}
         while any(self._positions[p] < end for p, end in ends.items()):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{self._name}: could not read to the end in {timeout} s")
@@ -81,6 +81,19 @@ class HistoryReader:
                 self.events.setdefault(record["message_id"], []).append(record)
                 self.count += 1
         return self.events
+
+    def _end(self, partition: int, deadline: float) -> int:
+        """High watermark; retried while leadership moves (a new topic, a broker restart)."""
+        while True:
+            try:
+                return int(self._consumer.get_watermark_offsets(
+                    TopicPartition(self._name, partition), timeout=10)[1])
+            except KafkaException as exc:
+                err = exc.args[0]
+                if not (err.retriable() or err.code() in _LEADERSHIP) or (
+                        time.monotonic() > deadline):
+                    raise
+            time.sleep(0.2)  # leader election in progress; bounded by the deadline
 
     def _decode(self, value: bytes) -> dict[str, Any]:
         if value[:2] != _MARKER:

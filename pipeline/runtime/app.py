@@ -22,8 +22,7 @@ from quixstreams.kafka.configuration import ConnectionConfig
 from quixstreams.models import Topic
 from quixstreams.models.serializers import SerializationContext, Serializer
 
-from pipeline.metrics import DEAD_LETTERS
-from pipeline.runtime.deadletter import Provenance, dead_letter_headers
+from pipeline.runtime.deadletter import Provenance, counted, dead_letter_headers
 from pipeline.settings import Settings
 from pipeline.topics import admin_client, apply_topics, catalogue
 
@@ -123,8 +122,6 @@ def dead_letter_out(stage: str, value: bytes | None, key: str | None, timestamp:
     key, provenance headers from the message context, counted and logged."""
     ctx = message_context()
     prov = Provenance(ctx.topic, ctx.partition, ctx.offset, timestamp)
-    DEAD_LETTERS.labels(stage, type(exc).__name__).inc()
-    _log.warning("dead_lettered", stage=stage, topic=ctx.topic, partition=ctx.partition,
-                 offset=ctx.offset, error_class=type(exc).__name__, error=str(exc))
+    counted(stage, exc, ctx.topic, ctx.partition, ctx.offset)
     return Out(f"dlq-{stage}", key or "", value or b"",
                dead_letter_headers(headers, prov, stage, exc, int(now_ms), message_id))

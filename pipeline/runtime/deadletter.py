@@ -9,6 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
+
+import structlog
+
+from pipeline.metrics import DEAD_LETTERS
 
 H_PREFIX = "telex.dlq."
 H_ORIGINAL_TOPIC = H_PREFIX + "original_topic"
@@ -23,6 +28,8 @@ H_FAILURE_COUNT = H_PREFIX + "failure_count"
 H_MESSAGE_ID = H_PREFIX + "message_id"
 
 _MAX_ERROR_MESSAGE = 1000
+
+_log = structlog.get_logger("telex.deadletter")
 
 Headers = list[tuple[str, bytes]]
 
@@ -69,6 +76,32 @@ def dead_letter_headers(
     if message_id:
         fresh[H_MESSAGE_ID] = message_id.encode()
     return [(k, v) for k, v in kept if not k.startswith(H_PREFIX)] + list(fresh.items())
+
+
+class ConsumedRecord(Protocol):
+    """What dead-lettering needs of a consumed record (a confluent-kafka Message)."""
+
+    def topic(self) -> str | None: ...
+    def partition(self) -> int | None: ...
+    def offset(self) -> int | None: ...
+    def timestamp(self) -> tuple[int, int]: ...
+    def headers(self) -> list[tuple[str, bytes]] | None: ...
+
+
+def headers_of(msg: ConsumedRecord, stage: str, error: BaseException, now_ms: int,
+               message_id: str | None = None) -> Headers:
+    """Dead-letter headers for a record a plain-consumer stage could not process."""
+    prov = Provenance(msg.topic() or "", msg.partition() or 0, msg.offset() or 0,
+                      msg.timestamp()[1])
+    return dead_letter_headers(msg.headers(), prov, stage, error, now_ms, message_id)
+
+
+def counted(stage: str, error: BaseException, topic: str | None, partition: int | None,
+            offset: int | None) -> None:
+    """Count and log one dead letter (every stage's dead letters show in one metric)."""
+    DEAD_LETTERS.labels(stage, type(error).__name__).inc()
+    _log.warning("dead_lettered", stage=stage, topic=topic, partition=partition, offset=offset,
+                 error_class=type(error).__name__, error=str(error))
 
 
 def header_dict(headers: Iterable[tuple[str, bytes | None]] | None) -> dict[str, str]:

@@ -33,9 +33,9 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from pipeline.metrics import DEAD_LETTERS, RECORDS
+from pipeline.metrics import RECORDS
 from pipeline.producing import produce_waiting
-from pipeline.runtime.deadletter import Provenance, dead_letter_headers
+from pipeline.runtime.deadletter import counted, headers_of
 from pipeline.runtime.delay import (
     H_DUE,
     H_PACE,
@@ -286,13 +286,9 @@ class Scheduler:
                         timestamp=ts, on_delivery=_check_delivery)
 
     def _dead_letter(self, msg: Message, exc: Exception, now_ms: float) -> None:
-        prov = Provenance(msg.topic(), msg.partition(), msg.offset(), msg.timestamp()[1])
-        headers = dead_letter_headers(msg.headers(), prov, STAGE, exc, int(now_ms))
-        self._produce(self._settings.topic("dlq-ratelimit"), msg.key(), msg.value(), headers,
-                      int(now_ms))
-        DEAD_LETTERS.labels(STAGE, type(exc).__name__).inc()
-        log.warning("dead_lettered", stage=STAGE, topic=msg.topic(), offset=msg.offset(),
-                    error=str(exc))
+        self._produce(self._settings.topic("dlq-ratelimit"), msg.key(), msg.value(),
+                      headers_of(msg, STAGE, exc, int(now_ms)), int(now_ms))
+        counted(STAGE, exc, msg.topic(), msg.partition(), msg.offset())
 
 
 def _delay_of(msg: Message) -> tuple[float, str, Pace | None]:

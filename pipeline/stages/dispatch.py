@@ -56,7 +56,6 @@ from pipeline.metrics import (
     CONNECTOR_SUBMIT_SECONDS,
     CONNECTOR_SUBMITS,
     CONNECTOR_WINDOW_IN_USE,
-    DEAD_LETTERS,
     RECORDS,
     RETRIES,
 )
@@ -68,13 +67,13 @@ from pipeline.routing import (
     choose,
     counts_against_health,
 )
-from pipeline.runtime.deadletter import Provenance, dead_letter_headers
+from pipeline.runtime.deadletter import counted, headers_of
 from pipeline.runtime.delay import delay_headers, tier_for, tier_topic
 from pipeline.runtime.membership import is_lost_membership
 from pipeline.settings import Settings
 from pipeline.stages import dispatch_decision as decision
 from pipeline.stages.reconcile_decision import receipt_key
-from pipeline.stages.status_decision import H_RESEND_AVOID
+from pipeline.stages.status_decision import H_RESEND_AVOID, IN_DOUBT, update_record
 from pipeline.topic_reader import read_from_start
 
 STAGE = "dispatch"
@@ -356,16 +355,13 @@ class DispatchWorker:
         receipt-driven resend where the channel allows one."""
         resend = (raw if update.status == "sent" and self._settings.receipt_resends > 0
                   and message["channel"] in RESENDABLE_CHANNELS else None)
-        value = self._codec.encode("status_update", {
-            "message_id": message["message_id"], "source": STAGE, "status": update.status,
-            "timer": None, "attempt": message.get("attempt", 0),
-            "account_id": message["account_id"], "channel": message["channel"],
-            "event_time_ms": update.event_time_ms, "error_code": update.error_code,
-            "error_reason": update.error_reason, "carrier_message_id": update.carrier_message_id,
-            "connector": update.connector, "carrier_status": None,
-            "segments": message["segments"], "trace_id": message.get("trace_id"),
-            "resend_message": resend,
-        })
+        value = self._codec.encode("status_update", update_record(
+            message["message_id"], STAGE, update.event_time_ms, status=update.status,
+            attempt=message.get("attempt", 0), account_id=message["account_id"],
+            channel=message["channel"], error_code=update.error_code,
+            error_reason=update.error_reason, carrier_message_id=update.carrier_message_id,
+            connector=update.connector, segments=message["segments"],
+            trace_id=message.get("trace_id"), resend_message=resend))
         if update.status == "sent" and update.carrier_message_id and update.connector:
             # Through the reconciler, which passes it on before any receipt it matches.
             self._produce("carrier-receipts",
@@ -377,15 +373,11 @@ class DispatchWorker:
                   now: int) -> None:
         """Book the in-doubt deadline: the status stage fails the message with 30008 then,
         unless a receipt (naming our message id) proved the send in the meantime."""
-        value = self._codec.encode("status_update", {
-            "message_id": message["message_id"], "source": STAGE, "status": None,
-            "timer": "in_doubt", "attempt": entry["attempt"],
-            "account_id": message["account_id"], "channel": message["channel"],
-            "event_time_ms": now, "error_code": None, "error_reason": None,
-            "carrier_message_id": None, "connector": entry["connector"], "carrier_status": None,
-            "segments": message["segments"], "trace_id": message.get("trace_id"),
-            "resend_message": None,
-        })
+        value = self._codec.encode("status_update", update_record(
+            message["message_id"], STAGE, now, timer=IN_DOUBT, attempt=entry["attempt"],
+            account_id=message["account_id"], channel=message["channel"],
+            connector=entry["connector"], segments=message["segments"],
+            trace_id=message.get("trace_id")))
         self._produce(tier_topic(tier_for(until_ms - now)), message["message_id"], value,
                       delay_headers(until_ms, "status-updates"))
 
@@ -399,13 +391,10 @@ class DispatchWorker:
             raise RuntimeError("dispatch: journal or outputs not acknowledged within 30 s")
 
     def _dead_letter(self, msg: Message, exc: Exception, now: int) -> None:
-        prov = Provenance(msg.topic(), msg.partition(), msg.offset(), msg.timestamp()[1])
         key = msg.key().decode() if msg.key() else ""
         self._produce("dlq-dispatch", key, msg.value() or b"",
-                      dead_letter_headers(msg.headers(), prov, STAGE, exc, now, key))
-        DEAD_LETTERS.labels(STAGE, type(exc).__name__).inc()
-        log.warning("dead_lettered", stage=STAGE, offset=msg.offset(),
-                    error_class=type(exc).__name__, error=str(exc))
+                      headers_of(msg, STAGE, exc, now, key))
+        counted(STAGE, exc, msg.topic(), msg.partition(), msg.offset())
 
 
 def _check_delivery(err: KafkaError | None, _msg: Message) -> None:

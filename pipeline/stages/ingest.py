@@ -47,6 +47,7 @@ from pipeline.senders import SenderRegistry, load_registry
 from pipeline.settings import Settings
 from pipeline.stages.dedup_decision import CONFLICT_CODE, Seen, Verdict
 from pipeline.stages.dedup_decision import decide as dedup
+from pipeline.stages.status_decision import update_record
 from pipeline.stages.validate import Rejection, Valid, request_hash, validate
 
 STAGE = "ingest"
@@ -74,13 +75,9 @@ class Decision:
 
 
 def _status(req: Mapping[str, Any], status: str, now_ms: int, **extra: Any) -> Emit:
-    return Emit("status-updates", "status_update", {
-        "message_id": req["message_id"], "source": STAGE, "status": status, "timer": None,
-        "attempt": None, "account_id": req["account_id"], "channel": req["channel"],
-        "event_time_ms": now_ms, "error_code": None, "error_reason": None,
-        "carrier_message_id": None, "connector": None, "carrier_status": None,
-        "segments": None, "trace_id": req.get("trace_id"), "resend_message": None, **extra,
-    })
+    return Emit("status-updates", "status_update", update_record(
+        req["message_id"], STAGE, now_ms, status=status, account_id=req["account_id"],
+        channel=req["channel"], trace_id=req.get("trace_id"), **extra))
 
 
 def decide(

@@ -28,9 +28,9 @@ from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
 from pipeline.codec import AvroCodec
 from pipeline.errors import ConfigError
-from pipeline.metrics import DEAD_LETTERS, PROCESSING_SECONDS, RECORDS
+from pipeline.metrics import PROCESSING_SECONDS, RECORDS
 from pipeline.producing import produce_waiting
-from pipeline.runtime.deadletter import Provenance, dead_letter_headers
+from pipeline.runtime.deadletter import counted, headers_of
 from pipeline.settings import Settings
 
 STAGE = "pgsink"
@@ -148,15 +148,11 @@ class StatusSink:
         self._latency.observe(time.perf_counter() - started)
 
     def _dead_letter(self, msg: Message, exc: Exception) -> None:
-        prov = Provenance(msg.topic(), msg.partition(), msg.offset(), msg.timestamp()[1])
         key = msg.key().decode() if msg.key() else ""
         produce_waiting(self._producer, self._settings.topic("dlq-status"), key=key,
                         value=msg.value() or b"",
-                        headers=dead_letter_headers(msg.headers(), prov, STAGE, exc,
-                                                    int(time.time() * 1000), key))
-        DEAD_LETTERS.labels(STAGE, type(exc).__name__).inc()
-        log.warning("dead_lettered", stage=STAGE, offset=msg.offset(),
-                    error_class=type(exc).__name__, error=str(exc))
+                        headers=headers_of(msg, STAGE, exc, int(time.time() * 1000), key))
+        counted(STAGE, exc, msg.topic(), msg.partition(), msg.offset())
 
 
 def run(settings: Settings) -> int:

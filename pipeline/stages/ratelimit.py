@@ -50,6 +50,7 @@ from pipeline.runtime.delay import TIER_DELAYS_MS, Pace, delay_headers, tier_for
 from pipeline.senders import load_registry
 from pipeline.settings import Settings
 from pipeline.stages.gcra import Limit, Reservation, reserve
+from pipeline.stages.status_decision import update_record
 
 STAGE = "ratelimit"
 QUEUE_FULL = 21611
@@ -196,15 +197,11 @@ class RateLimitStage:
         log.info("message_" + verdict.kind, message_id=msg["message_id"],
                  bucket=f"{dimension}:{bucket}", code=verdict.code)
         return [Out("status-updates", str(msg["message_id"]), self._codec.encode(
-            "status_update", {
-                "message_id": msg["message_id"], "source": STAGE, "status": "failed",
-                "timer": None, "attempt": msg.get("attempt"), "account_id": msg["account_id"],
-                "channel": msg["channel"], "event_time_ms": int(now_ms),
-                "error_code": verdict.code, "error_reason": verdict.reason,
-                "carrier_message_id": None, "connector": None, "carrier_status": None,
-                "segments": msg["segments"], "trace_id": msg.get("trace_id"),
-                "resend_message": None,
-            }))]
+            "status_update", update_record(
+                msg["message_id"], STAGE, int(now_ms), status="failed",
+                attempt=msg.get("attempt"), account_id=msg["account_id"],
+                channel=msg["channel"], error_code=verdict.code, error_reason=verdict.reason,
+                segments=msg["segments"], trace_id=msg.get("trace_id"))))]
 
     def _defer(self, msg: Mapping[str, Any], value: bytes, key: str, target: str, due_ms: float,
                now_ms: float, *, bucket: str, position: int, reason: str,

@@ -26,6 +26,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.stages.status_decision import update_record
+
 _MAPPED = frozenset({"sent", "delivered", "undelivered", "failed", "read"})
 
 
@@ -54,16 +56,13 @@ def status_update(receipt: Mapping[str, Any], submission: Mapping[str, Any] | No
     message_id = sub.get("message_id") or receipt.get("message_id")
     if not message_id:
         raise ValueError("a receipt needs its submission or a message id to become a status")
-    return {
-        "message_id": message_id, "source": "receipt", "status": receipt["status"],
-        "timer": None, "attempt": sub.get("attempt"), "account_id": sub.get("account_id"),
-        "channel": sub.get("channel"),
-        "event_time_ms": receipt.get("done_at_ms") or receipt["received_at_ms"],
-        "error_code": receipt.get("error_code"), "error_reason": receipt.get("carrier_error"),
-        "carrier_message_id": receipt["carrier_message_id"], "connector": receipt["connector"],
-        "carrier_status": receipt.get("carrier_status"), "segments": None,
-        "trace_id": sub.get("trace_id"), "resend_message": None,
-    }
+    return update_record(
+        message_id, "receipt", receipt.get("done_at_ms") or receipt["received_at_ms"],
+        status=receipt["status"], attempt=sub.get("attempt"),
+        account_id=sub.get("account_id"), channel=sub.get("channel"),
+        error_code=receipt.get("error_code"), error_reason=receipt.get("carrier_error"),
+        carrier_message_id=receipt["carrier_message_id"], connector=receipt["connector"],
+        carrier_status=receipt.get("carrier_status"), trace_id=sub.get("trace_id"))
 
 
 def on_submission(state: Mapping[str, Any] | None, submission: Mapping[str, Any]) -> Match:

@@ -47,6 +47,22 @@ IN_DOUBT = "in_doubt"
 H_RESEND_AVOID = "telex.resend.avoid"  # header of a resend on dispatch-ready
 
 
+UPDATE_FIELDS = ("message_id", "source", "status", "timer", "attempt", "account_id", "channel",
+                 "event_time_ms", "error_code", "error_reason", "carrier_message_id",
+                 "connector", "carrier_status", "segments", "trace_id", "resend_message")
+
+
+def update_record(message_id: str, source: str, event_time_ms: int, **fields: Any
+                  ) -> dict[str, Any]:
+    """A StatusUpdate record (``schemas/status_update.avsc``): the fields given, the rest
+    null. Every stage reporting to the status stage builds its records here."""
+    unknown = set(fields) - set(UPDATE_FIELDS)
+    if unknown:
+        raise ValueError(f"not StatusUpdate fields: {sorted(unknown)}")
+    return {**dict.fromkeys(UPDATE_FIELDS), "message_id": message_id, "source": source,
+            "event_time_ms": event_time_ms, **fields}
+
+
 class UnknownMessage(ValueError):
     """An update for a message with no status yet and no account/channel to start one."""
 

@@ -24,6 +24,7 @@ from tests.pipeline.stages.pipeline_helpers import (
     ALL_STAGES,
     applied,
     carriers_file,
+    independent_history,
     regressions,
     smpp,
     start_pipeline,
@@ -207,10 +208,17 @@ def test_whatsapp_status_webhooks_become_final_statuses(
         workers = start_pipeline(settings, worker, (*ALL_STAGES, "webhooks"))
         with TelexProducer(settings) as producer:
             ids = set(producer.send_batch(whatsapp(120, "wa")))
-        history = wait_final(settings, ids, workers)
+        wait_final(settings, ids, workers)
         plans = {r.opaque: r.receipts for r in sim.sends if r.receipts}
+        assert set(plans) == ids
 
-    assert set(plans) == ids
+        def as_planned(history: dict[str, list[dict[str, Any]]]) -> bool:
+            # "delivered" is final too: wait for a planned "read" to land as well.
+            return all(applied(history[i])[-1]["effective_status"] == plans[i].status
+                       for i in ids)
+
+        history = wait_for(lambda: independent_history(settings), until=as_planned, timeout=60)
+
     for i in ids:
         events = applied(history[i])
         assert regressions(events) == [], i
@@ -237,8 +245,15 @@ def test_whatsapp_in_doubt_after_a_dispatch_crash_is_settled_by_receipt_not_rese
         wait_for(lambda: len(sim.sends) >= 100)  # past the first burst: sends trickle at 80/s
         workers["dispatch"].kill()
         workers["dispatch"] = worker("dispatch", settings)
-        history = wait_final(settings, ids, workers)
+        wait_final(settings, ids, workers)
         received = Counter(r.opaque for r in sim.sends if r.http_status == 200)
+
+        def settled(history: dict[str, list[dict[str, Any]]]) -> bool:
+            # "delivered" is final too: wait for the "read" that follows it.
+            return all(applied(history[i])[-1]["effective_status"] == "read"
+                       for i in received)
+
+        history = wait_for(lambda: independent_history(settings), until=settled, timeout=60)
 
     assert max(received.values()) == 1, "a WhatsApp message was sent twice"
     journal = [CODEC.decode(m.value()) for m in read_all(settings, "dispatch-journal")]
