@@ -31,9 +31,11 @@ BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 log = structlog.get_logger("telex.supervise")
 
 
-def supervise(stage: str, child_argv: Sequence[str]) -> int:
-    """Run ``python -m pipeline.cli.main <child_argv>`` until told to stop; returns the exit
-    code for the supervisor itself."""
+def supervise(stage: str, child_argv: Sequence[str], *,
+              command: Sequence[str] = (sys.executable, "-m", "pipeline.cli.main"),
+              backoff_s: Sequence[float] = BACKOFF_S) -> int:
+    """Run ``<command> <child_argv>`` (the stage, unsupervised) until told to stop; returns
+    the exit code for the supervisor itself."""
     stopping = False
     child: subprocess.Popen[bytes] | None = None
 
@@ -46,11 +48,12 @@ def supervise(stage: str, child_argv: Sequence[str]) -> int:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     quick_failures = 0
-    while True:
+    while not stopping:
         started = time.monotonic()
         # SIGKILL of the supervisor takes the stage with it (a killed worker is a killed stage).
-        child = subprocess.Popen([sys.executable, "-m", "pipeline.cli.main", *child_argv],
-                                 preexec_fn=die_with_parent())
+        child = subprocess.Popen([*command, *child_argv], preexec_fn=die_with_parent())
+        if stopping:  # the signal came while it was being started
+            child.terminate()
         code = child.wait()
         ran = time.monotonic() - started
         if stopping or code == 0:
@@ -63,11 +66,10 @@ def supervise(stage: str, child_argv: Sequence[str]) -> int:
             log.error("worker_crash_loop", stage=stage, exit_code=code,
                       failures=quick_failures)
             return 1
-        pause = BACKOFF_S[min(quick_failures - 1, len(BACKOFF_S) - 1)]
+        pause = backoff_s[min(quick_failures - 1, len(backoff_s) - 1)]
         log.warning("worker_restarting", stage=stage, exit_code=code, ran_s=round(ran, 1),
                     backoff_s=pause)
         deadline = time.monotonic() + pause
         while not stopping and time.monotonic() < deadline:
             time.sleep(0.1)  # backoff, interruptible by SIGTERM
-        if stopping:
-            return 0
+    return 0

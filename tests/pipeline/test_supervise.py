@@ -1,0 +1,71 @@
+"""The worker supervisor with real child processes: restart after an error exit, stop on a
+configuration error or a crash loop, forward SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+from pipeline.cli.supervise import EXIT_CONFIG, MAX_QUICK_FAILURES, supervise
+
+FAST = (0.05,)
+
+
+def child(tmp_path: Path, exits: list[int]) -> list[str]:
+    """A child that appends a line to ``runs`` and exits with the next code of ``exits``."""
+    runs = tmp_path / "runs"
+    code = textwrap.dedent(f"""
+        import sys
+        from pathlib import Path
+        runs = Path({str(runs)!r})
+        n = len(runs.read_text().splitlines()) if runs.exists() else 0
+        with runs.open("a") as f:
+            f.write("run\\n")
+        sys.exit({exits!r}[min(n, {len(exits) - 1})])
+    """)
+    return [sys.executable, "-c", code]
+
+
+def runs(tmp_path: Path) -> int:
+    return len((tmp_path / "runs").read_text().splitlines())
+
+
+def test_restarts_after_error_exits_until_a_clean_exit(tmp_path: Path) -> None:
+    assert supervise("t", [], command=child(tmp_path, [1, 1, 0]), backoff_s=FAST) == 0
+    assert runs(tmp_path) == 3
+
+
+def test_a_configuration_error_is_not_restarted(tmp_path: Path) -> None:
+    assert supervise("t", [], command=child(tmp_path, [EXIT_CONFIG]), backoff_s=FAST) == (
+        EXIT_CONFIG)
+    assert runs(tmp_path) == 1
+
+
+def test_a_crash_loop_ends_the_supervisor(tmp_path: Path) -> None:
+    assert supervise("t", [], command=child(tmp_path, [1]), backoff_s=FAST) == 1
+    assert runs(tmp_path) == MAX_QUICK_FAILURES
+
+
+def test_sigterm_is_forwarded_and_ends_both(tmp_path: Path) -> None:
+    """`telex worker` as a process: SIGTERM to the supervisor stops the stage and both exit 0;
+    the child is the one that got the signal (it would otherwise run for 60 s)."""
+    script = textwrap.dedent(f"""
+        import sys
+        from pipeline.cli.supervise import supervise
+        sys.exit(supervise("t", [], command=[sys.executable, "-c",
+            "import signal, sys, time; from pathlib import Path; "
+            "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0)); "
+            "Path({str(tmp_path / 'up')!r}).touch(); time.sleep(60)"]))
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).parents[2])
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "up").exists():
+        assert time.monotonic() < deadline and proc.poll() is None, "child never started"
+        time.sleep(0.05)  # polling for the child's marker file
+    proc.send_signal(signal.SIGTERM)
+    # Not forwarded, the child would sleep on for 60 s and this wait would time out.
+    assert proc.wait(20) == 0
