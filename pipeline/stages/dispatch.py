@@ -217,7 +217,7 @@ class DispatchWorker:
                     continue
                 avoid = next((v.decode() for k, v in msg.headers() or ()
                               if k == H_RESEND_AVOID and v is not None), None)
-                plan = self._plan(message, now, avoid)
+                plan = self._plan(message, now, avoid, msg.value())
             except Exception as exc:  # routed, counted and logged, never raised
                 self._dead_letter(msg, exc, now)
                 continue
@@ -249,8 +249,8 @@ class DispatchWorker:
             log.warning("commit_after_lost_membership", error=exc.args[0].str(),
                         partitions=sorted({p for _, p in offsets}))
 
-    def _plan(self, message: Mapping[str, Any], now: int, avoid: str | None = None
-              ) -> str | None:
+    def _plan(self, message: Mapping[str, Any], now: int, avoid: str | None = None,
+              raw: bytes | None = None) -> str | None:
         """The connector to submit through, or None when nothing must be sent. ``avoid``: a
         resend after a failed receipt, to go through another connector when there is one."""
         latest = self._journal.get(message["message_id"])
@@ -279,6 +279,8 @@ class DispatchWorker:
         if not submit:
             self._outcomes["duplicate"].inc()
             log.info("dispatch_skipped", message_id=message["message_id"], reason=reason)
+            if latest is not None:
+                self._reannounce(message, latest, raw)
             return None
         candidates = self._carriers.routes.candidates(message["channel"], message["recipient"])
         if avoid is not None:
@@ -368,6 +370,22 @@ class DispatchWorker:
                           receipt_key(update.connector, update.carrier_message_id), value)
         else:
             self._produce("status-updates", message["message_id"], value)
+
+    def _reannounce(self, message: Mapping[str, Any], entry: Mapping[str, Any],
+                    raw: bytes | None) -> None:
+        """Say again what the journal says of a finished attempt. A crash can land the
+        journal entry on the broker without the status written beside it (they go to other
+        partitions); the record is then redelivered and skipped here, and this makes its
+        status whole. The status stage absorbs the repeat (same status, same attempt)."""
+        at = {**message, "attempt": entry["attempt"]}
+        if entry["state"] == decision.SUBMITTED:
+            self._status(at, decision.StatusUpdate(
+                "sent", int(entry["at_ms"]), carrier_message_id=entry["carrier_message_id"],
+                connector=entry["connector"]), raw)
+        elif entry["state"] == decision.FAILED and not entry.get("retryable", False):
+            self._status(at, decision.StatusUpdate(
+                "failed", int(entry["at_ms"]), error_code=entry["error_code"],
+                error_reason=entry["error_reason"], connector=entry["connector"]))
 
     def _deadline(self, message: Mapping[str, Any], entry: Mapping[str, Any], until_ms: int,
                   now: int) -> None:
