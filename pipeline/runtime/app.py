@@ -10,7 +10,7 @@ outputs are durable on the broker (acks=all, idempotent producer): at-least-once
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -113,6 +113,15 @@ def route_outputs(sdf: StreamingDataFrame, topics: Mapping[str, Topic]) -> Strea
     sdf = sdf.set_headers(lambda value, key, ts, headers: value.headers)
     sdf = sdf.set_timestamp(lambda value, key, ts, headers: int(time.time() * 1000))
     return sdf.to_topic(pick, key=lambda value: value.key)
+
+
+def keyed_stage(app: Application, settings: Settings, in_topic: str,
+                process: Callable[..., list[Out]], out_topics: Sequence[str]) -> None:
+    """Wire the usual stage: one input topic, ``process(value, key, timestamp, headers,
+    state)`` per record with per-key state, its :class:`Out` rows routed to their topics."""
+    sdf = app.dataframe(input_topic(app, settings, in_topic))
+    sdf = sdf.apply(process, stateful=True, metadata=True, expand=True)
+    route_outputs(sdf, output_topics(app, settings, out_topics))
 
 
 def dead_letter_out(stage: str, value: bytes | None, key: str | None, timestamp: int,

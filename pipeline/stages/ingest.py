@@ -38,10 +38,8 @@ from pipeline.runtime.app import (
     Guarantee,
     Out,
     dead_letter_out,
-    input_topic,
+    keyed_stage,
     make_app,
-    output_topics,
-    route_outputs,
 )
 from pipeline.senders import SenderRegistry, load_registry
 from pipeline.settings import Settings
@@ -191,7 +189,5 @@ def build_app(
     app = make_app(settings, consumer_group or settings.topic(STAGE), guarantee=guarantee)
     stage = IngestStage(settings, senders or load_registry(settings.senders_file),
                         AvroCodec.from_settings(settings))
-    sdf = app.dataframe(input_topic(app, settings, IN_TOPIC))
-    sdf = sdf.apply(stage.process, stateful=True, metadata=True, expand=True)
-    route_outputs(sdf, output_topics(app, settings, OUT_TOPICS))
+    keyed_stage(app, settings, IN_TOPIC, stage.process, OUT_TOPICS)
     return app

@@ -36,10 +36,8 @@ from pipeline.runtime.app import (
     Guarantee,
     Out,
     dead_letter_out,
-    input_topic,
+    keyed_stage,
     make_app,
-    output_topics,
-    route_outputs,
 )
 from pipeline.runtime.delay import delay_headers, tier_for, tier_topic
 from pipeline.settings import Settings
@@ -124,7 +122,5 @@ def build_app(settings: Settings, *, guarantee: Guarantee = "at-least-once",
     """The status worker's Quix Streams application (group ``<prefix>status``)."""
     app = make_app(settings, consumer_group or settings.topic(STAGE), guarantee=guarantee)
     stage = StatusStage(settings, AvroCodec.from_settings(settings))
-    sdf = app.dataframe(input_topic(app, settings, IN_TOPIC))
-    sdf = sdf.apply(stage.process, stateful=True, metadata=True, expand=True)
-    route_outputs(sdf, output_topics(app, settings, OUT_TOPICS))
+    keyed_stage(app, settings, IN_TOPIC, stage.process, OUT_TOPICS)
     return app
