@@ -108,9 +108,7 @@ def one_run(bootstrap: str, n: int, tmp: Path) -> dict[str, dict[str, float]]:
          settings.topic("baseline"), settings.topic("baseline-a"), settings.topic("baseline-b")],
         settings, settings.topic("baseline-a"), n)
     ingest = _measure(worker, settings, settings.topic("message-accepted"), n)
-    eos = _prepare(bootstrap, n, tmp)
-    ingest_eos = _measure([*worker, "--exactly-once"], eos, eos.topic("message-accepted"), n)
-    return {"baseline": baseline, "ingest": ingest, "ingest_eos": ingest_eos}
+    return {"baseline": baseline, "ingest": ingest}
 
 
 def _summary(values: list[float]) -> str:
@@ -129,10 +127,10 @@ def main() -> int:
     print(f"\ningest stage vs plain confluent-kafka passthrough, {args.messages} messages, "
           f"{args.runs} runs, 6 partitions, one process each (median, spread)")
     for metric in ("msg_per_s", "cpu_s_per_1000", "peak_rss_mib"):
-        for who in ("baseline", "ingest", "ingest_eos"):
+        for who in ("baseline", "ingest"):
             print(f"  {who:9} {metric:15} {_summary([r[who][metric] for r in runs])}")
     ratios = {who: [r[who]["msg_per_s"] / r["baseline"]["msg_per_s"] for r in runs]
-              for who in ("ingest", "ingest_eos")}
+              for who in ("ingest",)}
     for who, values in ratios.items():
         print(f"  ratio {who}/baseline msg/s: {statistics.median(values):.3f} "
               f"(min {min(values):.3f}, max {max(values):.3f})")

@@ -69,3 +69,22 @@ CONNECTOR_BREAKER_STATE = Gauge(
     "Circuit breaker per connector: 0 closed, 1 half-open, 2 open.",
     ["connector"],
 )
+RUNTIME_BATCH_RECORDS = Histogram(
+    "telex_runtime_batch_records", "Records per polled batch of a batch-runtime stage.",
+    ["stage"], buckets=(1, 10, 50, 100, 500, 1000, 2000, 5000),
+)
+RUNTIME_CHANGELOG_RECORDS = Counter(
+    "telex_runtime_changelog_records_total",
+    "Changelog records written at checkpoints (one per key changed since the last one).",
+    ["stage"],
+)
+RUNTIME_CHECKPOINT_SECONDS = Histogram(
+    "telex_runtime_checkpoint_seconds",
+    "Duration of a checkpoint: changelog, flush, commit, local state.",
+    ["stage"], buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30),
+)
+RUNTIME_RESTORED_KEYS = Counter(
+    "telex_runtime_restored_records_total",
+    "Changelog records replayed into stores on partition assignment.",
+    ["stage", "store"],
+)

@@ -96,9 +96,25 @@ class Settings(BaseSettings):
         "changelogs when lost).",
     )
     commit_interval_s: float = Field(
-        0.2, gt=0, le=60, validation_alias="TELEX_COMMIT_INTERVAL_S",
-        description="TELEX_COMMIT_INTERVAL_S: checkpoint period of stage workers; outputs become "
-        "durable and offsets committed at each checkpoint, so it bounds added latency.",
+        1.0, gt=0, le=60, validation_alias="TELEX_COMMIT_INTERVAL_S",
+        description="TELEX_COMMIT_INTERVAL_S: checkpoint period of stage workers (1 s). Outputs "
+        "are produced as each batch is decided; a checkpoint flushes them with the stores' "
+        "changelog records and commits the input offsets, so it bounds the records a crash "
+        "replays, not the latency.",
+    )
+    checkpoint_records: int = Field(
+        50_000, ge=1, validation_alias="TELEX_CHECKPOINT_RECORDS",
+        description="TELEX_CHECKPOINT_RECORDS: checkpoint early after this many input records "
+        "(50,000), so a burst never replays more than that after a crash.",
+    )
+    batch_max: int = Field(
+        2_000, ge=1, le=100_000, validation_alias="TELEX_BATCH_MAX",
+        description="TELEX_BATCH_MAX: most records a stage takes in one poll (2,000).",
+    )
+    flush_timeout_s: float = Field(
+        30, gt=0, validation_alias="TELEX_FLUSH_TIMEOUT_S",
+        description="TELEX_FLUSH_TIMEOUT_S: how long a checkpoint waits for the broker to "
+        "acknowledge outputs and changelog records before the worker stops (30 s).",
     )
     senders_file: str | None = Field(
         None, validation_alias="TELEX_SENDERS_FILE",
@@ -210,6 +226,21 @@ class Settings(BaseSettings):
             "fetch.wait.max.ms": 20,
             "session.timeout.ms": 10_000,
             "heartbeat.interval.ms": 2_000,
+        }
+
+    def runtime_producer_config(self) -> dict[str, str | int | bool]:
+        """The batch runtime's producer: delivery reports for failures only (a checkpoint
+        checks them all; success needs no Python call per record)."""
+        return {**self.producer_config(), "delivery.report.only.error": True}
+
+    def runtime_consumer_config(self, group: str) -> dict[str, str | int | bool]:
+        """The batch runtime's consumer: cooperative rebalancing (only moved partitions pause
+        and restore) and long idle fetches (a fetch returns as soon as a record arrives, so a
+        longer wait only saves an idle consumer's requests, never adds latency)."""
+        return {
+            **self.consumer_config(group),
+            "partition.assignment.strategy": "cooperative-sticky",
+            "fetch.wait.max.ms": 500,
         }
 
     def topic(self, name: str) -> str:

@@ -24,6 +24,7 @@ from confluent_kafka.admin import (
 
 from pipeline.errors import TopicError
 from pipeline.runtime.delay import TIER_DELAYS_MS, tier_topic
+from pipeline.runtime.registry import changelogs
 from pipeline.settings import Settings
 
 DAY_MS = 86_400_000
@@ -59,6 +60,17 @@ def _compacted() -> dict[str, str]:
     return {
         "cleanup.policy": "compact",
         "min.compaction.lag.ms": str(60 * 60 * 1000),
+        "delete.retention.ms": str(DAY_MS),
+    }
+
+
+def _changelog() -> dict[str, str]:
+    # Restores read the whole changelog: hourly segments let compaction keep it near one
+    # record per live key; tombstones stay a day so a restore in progress still sees them.
+    return {
+        "cleanup.policy": "compact",
+        "segment.ms": str(60 * 60 * 1000),
+        "min.cleanable.dirty.ratio": "0.3",
         "delete.retention.ms": str(DAY_MS),
     }
 
@@ -111,6 +123,11 @@ def catalogue(settings: Settings) -> list[TopicSpec]:
         spec(tier_topic(i), STREAM, _stream(max(2, 2 * delay / DAY_MS + 1)),
              f"Delayed records, actionable {delay} ms after they were written")
         for i, delay in enumerate(TIER_DELAYS_MS)
+    ]
+    specs += [
+        spec(f"{stage}-{store}-changelog", COMPACTED, _changelog(),
+             f"Changelog of the {stage} stage's {store} store: its latest entry per key")
+        for stage, store in changelogs()
     ]
     specs += [
         spec(f"dlq-{stage}", STREAM, _stream(30),

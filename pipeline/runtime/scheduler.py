@@ -305,3 +305,17 @@ def _check_delivery(err: KafkaError | None, _msg: Message) -> None:
         # A failed delivery must not be committed past: stop the process; the records are
         # re-read from the last committed offset on restart.
         raise RuntimeError(f"scheduler: delivery failed: {err.str()}")
+
+
+def run(settings: Settings) -> int:
+    """``telex worker scheduler``: release delayed records until SIGTERM/SIGINT."""
+    import signal
+
+    from pipeline.topics import admin_client, apply_topics, catalogue
+
+    apply_topics(admin_client(settings), catalogue(settings))
+    scheduler = Scheduler(settings)
+    signal.signal(signal.SIGTERM, lambda *_: scheduler.stop())
+    signal.signal(signal.SIGINT, lambda *_: scheduler.stop())
+    scheduler.run()
+    return 0

@@ -418,3 +418,18 @@ class DispatchWorker:
 def _check_delivery(err: KafkaError | None, _msg: Message) -> None:
     if err is not None:
         raise RuntimeError(f"dispatch: delivery failed: {err.str()}")
+
+
+def run(settings: Settings) -> int:
+    """``telex worker dispatch``: submit until SIGTERM/SIGINT."""
+    import asyncio
+    import signal
+
+    from pipeline.topics import admin_client, apply_topics, catalogue
+
+    apply_topics(admin_client(settings), catalogue(settings))
+    dispatch = DispatchWorker(settings)
+    signal.signal(signal.SIGTERM, lambda *_: dispatch.stop())
+    signal.signal(signal.SIGINT, lambda *_: dispatch.stop())
+    asyncio.run(dispatch.run())
+    return 0

@@ -1,7 +1,7 @@
 """Ingest stage: validate a message request, de-duplicate it by idempotency key, accept it.
 
 Decision (pure, :func:`decide`): what a request becomes given what the dedup store remembers.
-Wiring (:class:`IngestStage`, :func:`build_app`): decode, run the decision, store, emit.
+Wiring (:class:`IngestStage`, on the batch runtime): decode, run the decision, store, emit.
 
 Outputs, all keyed by message id:
 - ``message-accepted``  MessageAccepted, for a new valid request;
@@ -12,11 +12,11 @@ Outputs, all keyed by message id:
 Identical repeats emit nothing.
 
 Delivery guarantee: at-least-once with an idempotent downstream. Outputs and the dedup store's
-changelog are produced, then flushed, then input offsets are committed (Quix checkpoint). A crash
-between flush and commit replays the uncommitted records; the store is recovered only up to the
-committed offsets, so they are judged NEW again and re-emitted with the same message id: at most
-one checkpoint interval of duplicates, which dispatch absorbs through its journal keyed by
-message id.
+changelog are produced, then flushed, then input offsets are committed (the runtime's
+checkpoint, :mod:`pipeline.runtime.runner`). A crash between flush and commit replays the
+uncommitted records; the store is recovered only up to the committed offsets, so they are judged
+NEW again and re-emitted with the same message id: at most one checkpoint (1 s or 50,000
+records) of repeats, which dispatch absorbs through its journal keyed by message id.
 """
 
 from __future__ import annotations
@@ -24,23 +24,15 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any
 
 import structlog
-from quixstreams import Application
-from quixstreams.state import State
 
 from pipeline.codec import AvroCodec
 from pipeline.errors import error_title
 from pipeline.metrics import PROCESSING_SECONDS, RECORDS, REJECTED
-from pipeline.runtime.app import (
-    Guarantee,
-    Out,
-    dead_letter_out,
-    keyed_stage,
-    make_app,
-)
+from pipeline.runtime.stage import Input, KeyedStage, Out, Record, StoreSpec
+from pipeline.runtime.store import KeyState
 from pipeline.senders import SenderRegistry, load_registry
 from pipeline.settings import Settings
 from pipeline.stages.dedup_decision import CONFLICT_CODE, Seen, Verdict
@@ -51,6 +43,7 @@ from pipeline.stages.validate import Rejection, Valid, request_hash, validate
 STAGE = "ingest"
 IN_TOPIC = "message-requested"
 OUT_TOPICS = ("message-accepted", "status-updates", "request-rejections", "dlq-ingest")
+STORE = "dedup"
 _STATE_KEY = "seen"
 
 log = structlog.get_logger("telex.ingest")
@@ -131,40 +124,39 @@ def decide(
     )
 
 
-class IngestStage:
-    """Feeds the decision from a Quix Streams dataframe; never raises on a bad record."""
+class IngestStage(KeyedStage):
+    """Feeds the decision record by record with the key's dedup entry; never raises."""
+
+    name = STAGE
 
     def __init__(self, settings: Settings, senders: SenderRegistry, codec: AvroCodec) -> None:
         self._codec = codec
         self._senders = senders
         self._window_ms = settings.dedup_window_s * 1000
-        self._ttl = timedelta(seconds=settings.dedup_window_s)
+        # A key is remembered for the dedup window and no longer (its promise); on disk, since
+        # at 10,000 msg/s a 24 h window holds hundreds of millions of keys.
+        self.inputs = (Input(IN_TOPIC, StoreSpec(STORE, settings.dedup_window_s, disk=True)),)
         # Metric children resolved once: labels() per record is a lock and a dict build.
         self._outcomes = {o: RECORDS.labels(STAGE, o) for o in (
             "accepted", "scheduled", "rejected", "duplicate", "conflict")}
         self._latency = PROCESSING_SECONDS.labels(STAGE)
 
-    def process(
-        self, value: bytes, key: str | None, timestamp: int, headers: Any, state: State
-    ) -> list[Out]:
+    def handle(self, record: Record, state: KeyState | None, now_ms: int) -> list[Out]:
+        assert state is not None
         started = time.perf_counter()
-        now_ms = int(time.time() * 1000)
-        try:
-            req = self._codec.decode(value, expected="message_requested")
-            if key != req["message_id"]:
-                # Dedup state is scoped by record key: any other key would dedup this message
-                # against nothing (and on the wrong partition), so refuse it.
-                raise ValueError(f"record key {key!r} is not its message id")
-            seen = Seen.from_state(state.get(_STATE_KEY))
-            decision = decide(req, seen, senders=self._senders, window_ms=self._window_ms,
-                              event_ms=timestamp, now_ms=now_ms)
-            outs = [Out(e.topic, req["message_id"], self._codec.encode(e.schema, e.record))
-                    for e in decision.emits]
-        except Exception as exc:  # every failure is routed, counted and logged, never raised
-            return [dead_letter_out(STAGE, value, key, timestamp, headers, exc, now_ms,
-                                    message_id=key)]
+        key = record.key
+        req = self._codec.decode(record.value or b"", expected="message_requested")
+        if key != req["message_id"]:
+            # Dedup state is scoped by record key: any other key would dedup this message
+            # against nothing (and on the wrong partition), so refuse it.
+            raise ValueError(f"record key {key!r} is not its message id")
+        seen = Seen.from_state(state.get(_STATE_KEY))
+        decision = decide(req, seen, senders=self._senders, window_ms=self._window_ms,
+                          event_ms=record.timestamp, now_ms=now_ms)
+        outs = [Out(e.topic, req["message_id"], self._codec.encode(e.schema, e.record))
+                for e in decision.emits]
         if decision.store is not None:
-            state.set(_STATE_KEY, decision.store.to_state(), ttl=self._ttl)
+            state.set(_STATE_KEY, decision.store.to_state())
         self._outcomes[decision.outcome].inc()
         if decision.code is not None:
             REJECTED.labels(STAGE, str(decision.code)).inc()
@@ -177,17 +169,7 @@ class IngestStage:
         return outs
 
 
-
-def build_app(
-    settings: Settings,
-    *,
-    senders: SenderRegistry | None = None,
-    guarantee: Guarantee = "at-least-once",
-    consumer_group: str | None = None,
-) -> Application:
-    """The ingest worker's Quix Streams application (group ``<prefix>ingest`` by default)."""
-    app = make_app(settings, consumer_group or settings.topic(STAGE), guarantee=guarantee)
-    stage = IngestStage(settings, senders or load_registry(settings.senders_file),
-                        AvroCodec.from_settings(settings))
-    keyed_stage(app, settings, IN_TOPIC, stage.process, OUT_TOPICS)
-    return app
+def build(settings: Settings, *, senders: SenderRegistry | None = None) -> IngestStage:
+    """The ingest stage for the batch runtime (group ``<prefix>ingest``)."""
+    return IngestStage(settings, senders or load_registry(settings.senders_file),
+                       AvroCodec.from_settings(settings))

@@ -12,7 +12,7 @@ segments). Due now → released to the next step. Due later → deferred through
 queue cap → ``failed`` 21611 (queue full). Due after its validity ends → ``failed`` 30036.
 Scheduled sends (send-at) enter through the same delay tiers before the first bucket.
 
-Guarantee: at-least-once, as every Quix stage here (see ``pipeline/runtime/app.py``). After a
+Guarantee: at-least-once, as every batch-runtime stage (see ``pipeline/runtime/runner.py``). After a
 crash, records since the last checkpoint are reserved again on top of the recovered TATs: the
 recovered state is never laxer than before the crash (re-reservation only books later slots);
 a message released twice keeps its message id and dispatch's journal absorbs it.
@@ -26,8 +26,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from quixstreams import Application
-from quixstreams.state import State
 
 from pipeline.codec import AvroCodec
 from pipeline.limits import ACCOUNT, ROUTE, SENDER, Limits, bucket_of, load_limits
@@ -37,16 +35,9 @@ from pipeline.metrics import (
     RECORDS,
     REJECTED,
 )
-from pipeline.runtime.app import (
-    Guarantee,
-    Out,
-    dead_letter_out,
-    input_topic,
-    make_app,
-    output_topics,
-    route_outputs,
-)
-from pipeline.runtime.delay import TIER_DELAYS_MS, Pace, delay_headers, tier_for, tier_topic
+from pipeline.runtime.delay import Pace, delay_headers, tier_for, tier_topic
+from pipeline.runtime.stage import Input, KeyedStage, Out, Record, StoreSpec
+from pipeline.runtime.store import KeyState
 from pipeline.senders import load_registry
 from pipeline.settings import Settings
 from pipeline.stages.gcra import Limit, Reservation, reserve
@@ -69,9 +60,7 @@ STEPS: tuple[tuple[str, str, str, Callable[[Mapping[str, Any]], str]], ...] = (
     (ROUTE, "rl-route", "rl-sender", lambda m: bucket_of(SENDER, m)),
     (SENDER, "rl-sender", "dispatch-ready", lambda m: str(m["message_id"])),
 )
-OUT_TOPICS = ("rl-account", "rl-sender", "rl-route", "dispatch-ready", "ratelimit-deferrals",
-              "status-updates", "dlq-ratelimit",
-              *(tier_topic(i) for i in range(len(TIER_DELAYS_MS))))
+ENTRY_TOPIC = "message-accepted"
 
 log = structlog.get_logger("telex.ratelimit")
 
@@ -107,57 +96,69 @@ def decide(tat_ms: float | None, now_ms: float, cost: int, limit: Limit,
     return Verdict("release" if direct else "defer", r)
 
 
-class RateLimitStage:
-    """Feeds :func:`decide` from Quix Streams; never raises on a bad record."""
+class RateLimitStage(KeyedStage):
+    """Feeds :func:`decide` record by record with the bucket's state; never raises.
+
+    One store per bucket dimension (``account``, ``route``, ``sender``), each on the topic
+    keyed by that dimension; a bucket's entry is its TAT and the end of its scheduler margin.
+    Buckets are bounded by configuration (senders, accounts, routes), so they never expire.
+    """
+
+    name = STAGE
 
     def __init__(self, settings: Settings, limits: Limits, codec: AvroCodec,
                  clock: Callable[[], float] = time.time) -> None:
         self._limits = limits
         self._codec = codec
         self._clock = clock
+        self.inputs = (Input(ENTRY_TOPIC),
+                       *(Input(topic, StoreSpec(dimension, None))
+                         for dimension, topic, _, _ in STEPS))
+        self._routes: dict[str, Callable[[Record, KeyState | None, float], list[Out]]] = {
+            settings.topic(ENTRY_TOPIC): lambda rec, _state, now: self.enter(rec, now)}
+        for dimension, topic, next_topic, next_key in STEPS:
+            self._routes[settings.topic(topic)] = self.step(dimension, next_topic, next_key)
         self._outcomes = {(d, o): RECORDS.labels(f"{STAGE}-{d}", o)
                           for d, *_ in STEPS for o in ("released", "deferred", "queue_full",
                                                        "expired")}
 
+    def handle(self, record: Record, state: KeyState | None, now_ms: int) -> list[Out]:
+        return self._routes[record.topic](record, state, self._clock() * 1000)
+
+    def message_id_of(self, record: Record) -> str | None:
+        return self._message_id_of(record.value or b"")
+
     # -- entry: scheduled sends wait for their send-at, then everything enters by account --
 
-    def enter(self, value: bytes, key: str, timestamp: int, headers: Any) -> list[Out]:
-        now_ms = self._clock() * 1000
-        try:
-            msg = self._codec.decode(value, expected="message_accepted")
-            account = bucket_of(ACCOUNT, msg)
-            send_at = msg.get("send_at_ms")
-            if send_at is not None and send_at > now_ms:
-                return self._defer(msg, value, account, "rl-account", send_at, now_ms,
-                                   bucket="schedule", position=0,
-                                   reason=f"scheduled send-at {int(send_at)}")
-            return [Out("rl-account", account, value)]
-        except Exception as exc:  # routed, counted and logged, never raised
-            return [dead_letter_out(STAGE, value, key, timestamp, headers, exc, now_ms,
-                                    message_id=self._message_id_of(value))]
+    def enter(self, record: Record, now_ms: float) -> list[Out]:
+        value = record.value or b""
+        msg = self._codec.decode(value, expected="message_accepted")
+        account = bucket_of(ACCOUNT, msg)
+        send_at = msg.get("send_at_ms")
+        if send_at is not None and send_at > now_ms:
+            return self._defer(msg, value, account, "rl-account", send_at, now_ms,
+                               bucket="schedule", position=0,
+                               reason=f"scheduled send-at {int(send_at)}")
+        return [Out("rl-account", account, value)]
 
     # -- one bucket step --
 
-    def step(self, dimension: str, next_topic: str,
-             next_key: Callable[[Mapping[str, Any]], str]) -> Callable[..., list[Out]]:
-        def process(value: bytes, key: str, timestamp: int, headers: Any,
-                    state: State) -> list[Out]:
-            now_ms = self._clock() * 1000
-            try:
-                msg = self._codec.decode(value, expected="message_accepted")
-                bucket = bucket_of(dimension, msg)
-                if key != bucket:
-                    raise ValueError(f"record key {key!r} is not its {dimension} bucket")
-                limit = self._limits.for_bucket(dimension, bucket)
-                booked = state.get("tat")
-                verdict = decide(booked, now_ms, max(1, int(msg["segments"])), limit,
-                                 msg["expires_at_ms"], self._limits.queue_cap_ms(limit),
-                                 state.get("via_scheduler_until"))
-                outs = self._act(dimension, bucket, limit, verdict, msg, value, next_topic,
-                                 next_key(msg), now_ms, booked or 0.0)
-            except Exception as exc:  # routed, counted and logged, never raised
-                return [dead_letter_out(STAGE, value, key, timestamp, headers, exc, now_ms,
-                                        message_id=self._message_id_of(value))]
+    def step(self, dimension: str, next_topic: str, next_key: Callable[[Mapping[str, Any]], str]
+             ) -> Callable[[Record, KeyState | None, float], list[Out]]:
+        def process(record: Record, state: KeyState | None, now_ms: float) -> list[Out]:
+            assert state is not None
+            value = record.value or b""
+            msg = self._codec.decode(value, expected="message_accepted")
+            bucket = bucket_of(dimension, msg)
+            if record.key != bucket:
+                raise ValueError(f"record key {record.key!r} is not its {dimension} bucket")
+            limit = self._limits.for_bucket(dimension, bucket)
+            booked = state.get("tat")
+            verdict = decide(booked, now_ms, max(1, int(msg["segments"])), limit,
+                             msg["expires_at_ms"], self._limits.queue_cap_ms(limit),
+                             state.get("via_scheduler_until"))
+            outs = self._act(dimension, bucket, limit, verdict, msg, value, next_topic,
+                             next_key(msg), now_ms, booked or 0.0)
             if verdict.kind in ("release", "defer"):
                 state.set("tat", verdict.reservation.tat_ms)
             if verdict.kind == "defer":
@@ -221,19 +222,8 @@ _OUTCOME = {"release": "released", "defer": "deferred", "queue_full": "queue_ful
             "expired": "expired"}
 
 
-def build_app(settings: Settings, *, guarantee: Guarantee = "at-least-once",
-              consumer_group: str | None = None) -> Application:
-    """The rate-limit worker: entry plus one dataframe per bucket step, in one application."""
-    app = make_app(settings, consumer_group or settings.topic(STAGE), guarantee=guarantee)
-    stage = RateLimitStage(settings, load_limits(settings.limits_file,
-                                                 load_registry(settings.senders_file)),
-                           AvroCodec.from_settings(settings))
-    outs = output_topics(app, settings, OUT_TOPICS)
-    entry = app.dataframe(input_topic(app, settings, "message-accepted"))
-    route_outputs(entry.apply(stage.enter, metadata=True, expand=True), outs)
-    for dimension, topic, next_topic, next_key in STEPS:
-        sdf = app.dataframe(input_topic(app, settings, topic))
-        sdf = sdf.apply(stage.step(dimension, next_topic, next_key), stateful=True,
-                        metadata=True, expand=True)
-        route_outputs(sdf, outs)
-    return app
+def build(settings: Settings) -> RateLimitStage:
+    """The rate-limit stage for the batch runtime: entry plus the three bucket steps."""
+    return RateLimitStage(settings, load_limits(settings.limits_file,
+                                                load_registry(settings.senders_file)),
+                          AvroCodec.from_settings(settings))

@@ -6,7 +6,7 @@ webhooks via the webhook receiver) and StatusUpdate ``sent`` from dispatch annou
 submission — the dispatch journal re-keyed by carrier id. One key's records are in order on one
 partition, so the join needs no second input. Decisions are in
 :mod:`pipeline.stages.reconcile_decision`; state (submission and waiting receipts per key) is
-Quix Streams RocksDB with its compacted changelog topic.
+a memory store of the batch runtime with its compacted changelog topic.
 
 Outputs: ``status-updates`` (keyed by message id, for the status stage), ``receipts-unmatched``,
 a delay tier for a waiting receipt's TTL deadline (released back to ``carrier-receipts`` with
@@ -21,23 +21,15 @@ absorbs them as duplicates (same status for the same attempt).
 from __future__ import annotations
 
 import time
-from datetime import timedelta
 from typing import Any
 
 import structlog
-from quixstreams import Application
-from quixstreams.state import State
 
 from pipeline.codec import AvroCodec
 from pipeline.metrics import PROCESSING_SECONDS, RECORDS
-from pipeline.runtime.app import (
-    Guarantee,
-    Out,
-    dead_letter_out,
-    keyed_stage,
-    make_app,
-)
 from pipeline.runtime.delay import delay_headers, tier_for, tier_topic
+from pipeline.runtime.stage import Input, KeyedStage, Out, Record, StoreSpec
+from pipeline.runtime.store import KeyState
 from pipeline.settings import Settings
 from pipeline.stages import reconcile_decision as decision
 from pipeline.stages.reconcile_decision import receipt_key
@@ -47,36 +39,39 @@ IN_TOPIC = "carrier-receipts"
 OUT_TOPICS = ("status-updates", "receipts-unmatched", "dlq-reconcile",
               *(tier_topic(i) for i in range(10)))
 H_DEADLINE = "telex.reconcile.deadline"
+STORE = "match"
 _STATE_KEY = "match"
 
 log = structlog.get_logger("telex.reconcile")
 
 
-class ReconcileStage:
-    """Feeds the match decisions from a Quix Streams dataframe; never raises on a bad record."""
+class ReconcileStage(KeyedStage):
+    """Feeds the match decisions record by record with the key's state; never raises."""
+
+    name = STAGE
 
     def __init__(self, settings: Settings, codec: AvroCodec) -> None:
         self._codec = codec
         self._ttl_ms = int(settings.receipt_match_ttl_s * 1000)
         # A submission is kept as long as its receipts may come: the receipt window, plus the
         # wait of a receipt that came first.
-        self._keep = timedelta(seconds=settings.receipt_window_s + settings.receipt_match_ttl_s)
+        keep_s = settings.receipt_window_s + settings.receipt_match_ttl_s
+        self.inputs = (Input(IN_TOPIC, StoreSpec(STORE, keep_s)),)
         self._outcomes = {o: RECORDS.labels(STAGE, o) for o in (
             "submission", "matched", "waiting", "unmapped", "released", "unmatched", "idle")}
         self._latency = PROCESSING_SECONDS.labels(STAGE)
 
-    def process(self, value: bytes, key: str | None, timestamp: int, headers: Any,
-                state: State) -> list[Out]:
+    def handle(self, record: Record, state: KeyState | None, now_ms: int) -> list[Out]:
+        assert state is not None
         started = time.perf_counter()
-        now_ms = int(time.time() * 1000)
-        try:
-            outs = self._decide(value, key, headers, state, now_ms)
-        except Exception as exc:  # every failure is routed, counted and logged, never raised
-            return [dead_letter_out(STAGE, value, key, timestamp, headers, exc, now_ms)]
+        outs = self._decide(record.value or b"", record.key, record.headers, state, now_ms)
         self._latency.observe(time.perf_counter() - started)
         return outs
 
-    def _decide(self, value: bytes, key: str | None, headers: Any, state: State,
+    def message_id_of(self, record: Record) -> str | None:
+        return None  # keyed connector:carrier id, not by message
+
+    def _decide(self, value: bytes, key: str | None, headers: Any, state: KeyState,
                 now_ms: int) -> list[Out]:
         current = state.get(_STATE_KEY)
         if any(k == H_DEADLINE for k, _ in headers or ()):
@@ -98,7 +93,7 @@ class ReconcileStage:
         if match.state is None:
             state.delete(_STATE_KEY)
         elif match.state != current:
-            state.set(_STATE_KEY, match.state, ttl=self._keep)
+            state.set(_STATE_KEY, match.state)
         self._outcomes[match.outcome].inc()
         outs = [Out("status-updates", u["message_id"], self._codec.encode("status_update", u))
                 for u in match.updates]
@@ -114,10 +109,6 @@ class ReconcileStage:
         return outs
 
 
-def build_app(settings: Settings, *, guarantee: Guarantee = "at-least-once",
-              consumer_group: str | None = None) -> Application:
-    """The reconcile worker's Quix Streams application (group ``<prefix>reconcile``)."""
-    app = make_app(settings, consumer_group or settings.topic(STAGE), guarantee=guarantee)
-    stage = ReconcileStage(settings, AvroCodec.from_settings(settings))
-    keyed_stage(app, settings, IN_TOPIC, stage.process, OUT_TOPICS)
-    return app
+def build(settings: Settings) -> ReconcileStage:
+    """The reconcile stage for the batch runtime (group ``<prefix>reconcile``)."""
+    return ReconcileStage(settings, AvroCodec.from_settings(settings))

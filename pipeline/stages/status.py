@@ -3,8 +3,8 @@
 Input ``status-updates`` (StatusUpdate, keyed by message id) from every stage that learns
 something: ingest (accepted/scheduled/failed), rate limit (failed), dispatch (sent/failed, and
 in-doubt deadlines), reconcile (receipts), and deadlines coming back from the delay tiers.
-Decisions are in :mod:`pipeline.stages.status_decision`; per-message state is Quix Streams
-RocksDB with its compacted changelog topic.
+Decisions are in :mod:`pipeline.stages.status_decision`; per-message state is a memory store
+of the batch runtime with its compacted changelog topic.
 
 Outputs, keyed by message id:
 - ``delivery-status``         DeliveryStatus history, every event, sequence 1, 2, … per message;
@@ -23,23 +23,15 @@ same sequence numbers: a consumer that drops a sequence it already applied sees 
 from __future__ import annotations
 
 import time
-from datetime import timedelta
 from typing import Any
 
 import structlog
-from quixstreams import Application
-from quixstreams.state import State
 
 from pipeline.codec import AvroCodec
 from pipeline.metrics import PROCESSING_SECONDS, RECORDS, RETRIES
-from pipeline.runtime.app import (
-    Guarantee,
-    Out,
-    dead_letter_out,
-    keyed_stage,
-    make_app,
-)
 from pipeline.runtime.delay import delay_headers, tier_for, tier_topic
+from pipeline.runtime.stage import Input, KeyedStage, Out, Record, StoreSpec
+from pipeline.runtime.store import KeyState
 from pipeline.settings import Settings
 from pipeline.stages import status_decision as decision
 from pipeline.stages.status_decision import H_RESEND_AVOID
@@ -49,40 +41,39 @@ IN_TOPIC = "status-updates"
 OUT_TOPICS = ("delivery-status", "delivery-status-latest", "dispatch-ready", "dlq-status",
               *(tier_topic(i) for i in range(10)))
 
+STORE = "status"
 _STATE_KEY = "status"
 
 log = structlog.get_logger("telex.status")
 
 
-class StatusStage:
-    """Feeds the status model from a Quix Streams dataframe; never raises on a bad record."""
+class StatusStage(KeyedStage):
+    """Feeds the status model record by record with the message's state; never raises."""
+
+    name = STAGE
 
     def __init__(self, settings: Settings, codec: AvroCodec) -> None:
         self._codec = codec
         self._policy = decision.Policy(int(settings.receipt_window_s * 1000),
                                        settings.receipt_resends)
         # Kept past the receipt window so late receipts still find the history they extend.
-        self._keep = timedelta(seconds=2 * settings.receipt_window_s + 86_400)
+        keep_s = 2 * settings.receipt_window_s + 86_400
+        self.inputs = (Input(IN_TOPIC, StoreSpec(STORE, keep_s)),)
         self._outcomes = {o: RECORDS.labels(STAGE, o) for o in (
             "applied", "history", "duplicate", "resend", "timeout", "stale_timer")}
         self._latency = PROCESSING_SECONDS.labels(STAGE)
 
-    def process(self, value: bytes, key: str | None, timestamp: int, headers: Any,
-                state: State) -> list[Out]:
+    def handle(self, record: Record, state: KeyState | None, now_ms: int) -> list[Out]:
+        assert state is not None
         started = time.perf_counter()
-        now_ms = int(time.time() * 1000)
-        try:
-            update = self._codec.decode(value, expected="status_update")
-            if key != update["message_id"]:
-                raise ValueError(f"record key {key!r} is not its message id")
-            current = decision.MessageStatus.from_state(state.get(_STATE_KEY))
-            result = decision.apply(current, update, now_ms, self._policy)
-            outs = self._outputs(update, result, now_ms)
-        except Exception as exc:  # every failure is routed, counted and logged, never raised
-            return [dead_letter_out(STAGE, value, key, timestamp, headers, exc, now_ms,
-                                    message_id=key)]
+        update = self._codec.decode(record.value or b"", expected="status_update")
+        if record.key != update["message_id"]:
+            raise ValueError(f"record key {record.key!r} is not its message id")
+        current = decision.MessageStatus.from_state(state.get(_STATE_KEY))
+        result = decision.apply(current, update, now_ms, self._policy)
+        outs = self._outputs(update, result, now_ms)
         if result.outcome != "duplicate":
-            state.set(_STATE_KEY, result.state.to_state(), ttl=self._keep)
+            state.set(_STATE_KEY, result.state.to_state())
         self._outcomes[result.outcome].inc()
         self._latency.observe(time.perf_counter() - started)
         return outs
@@ -117,10 +108,6 @@ class StatusStage:
         return outs
 
 
-def build_app(settings: Settings, *, guarantee: Guarantee = "at-least-once",
-              consumer_group: str | None = None) -> Application:
-    """The status worker's Quix Streams application (group ``<prefix>status``)."""
-    app = make_app(settings, consumer_group or settings.topic(STAGE), guarantee=guarantee)
-    stage = StatusStage(settings, AvroCodec.from_settings(settings))
-    keyed_stage(app, settings, IN_TOPIC, stage.process, OUT_TOPICS)
-    return app
+def build(settings: Settings) -> StatusStage:
+    """The status stage for the batch runtime (group ``<prefix>status``)."""
+    return StatusStage(settings, AvroCodec.from_settings(settings))

@@ -1,0 +1,298 @@
+"""Per-partition key-value stores backed by a compacted changelog topic (the Kafka Streams design).
+
+A stage's state for one input partition lives in one :class:`Store`. Writes during a batch only
+mark keys dirty; at a checkpoint the runtime writes **one changelog record per dirty key** (the
+key's latest entry, or a tombstone) — a key written 50 times between checkpoints costs one
+record. On assignment a store is rebuilt by replaying its changelog partition.
+
+Two kinds, one interface:
+
+- :class:`MemoryStore` — a dict; restored from the start of the changelog on every assignment.
+  For state that is small (rate-limit buckets) or short-lived (the status of in-flight messages).
+- :class:`DiskStore` — RocksDB (``rocksdict``); pending writes stay in memory until the
+  checkpoint's offsets are committed, then go to disk in one write batch together with the
+  changelog offset they correspond to (KIP-892's order: the disk never holds state that is not
+  in the changelog). On assignment only the changelog after that offset is replayed. For state
+  too large for memory: the dedup window at 10,000 msg/s holds hundreds of millions of keys.
+
+Bounded: every store has a retention (``ttl_ms``) tied to what it promises — an entry not written
+for that long is gone (expired on read, removed with a tombstone by :meth:`Store.sweep`). Entries
+age by last write, so expiry order equals write order: the memory store keeps its dict in write
+order, the disk store keeps an expiry index (``x`` + big-endian expiry + key).
+
+Entry encoding (changelog value and disk value): JSON ``[value, expires_ms]`` where ``value`` is a
+dict of named fields (a stage keeps several fields per key, as Quix Streams state did).
+"""
+
+from __future__ import annotations
+
+import shutil
+import struct
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+Entry = dict[str, Any]
+_NO_EXPIRY = 2**62
+
+
+def encode_entry(value: Entry, expires_ms: int) -> bytes:
+    return orjson.dumps([value, expires_ms])
+
+
+def decode_entry(raw: bytes) -> tuple[Entry, int]:
+    value, expires_ms = orjson.loads(raw)
+    return value, int(expires_ms)
+
+
+class Store(ABC):
+    """State of one stage store for one input partition."""
+
+    def __init__(self, name: str, partition: int, ttl_ms: int | None) -> None:
+        self.name = name
+        self.partition = partition
+        self.ttl_ms = ttl_ms
+        self._dirty: set[str] = set()
+
+    def expiry(self, now_ms: int) -> int:
+        return _NO_EXPIRY if self.ttl_ms is None else now_ms + self.ttl_ms
+
+    @abstractmethod
+    def get(self, key: str, now_ms: int) -> Entry | None:
+        """The key's entry, or None when absent or expired."""
+
+    @abstractmethod
+    def put(self, key: str, value: Entry | None, now_ms: int) -> None:
+        """Set (or with None, delete) the key's entry; it becomes dirty."""
+
+    @abstractmethod
+    def sweep(self, now_ms: int, limit: int) -> int:
+        """Delete up to ``limit`` expired entries (each becomes a tombstone); returns how many."""
+
+    @abstractmethod
+    def changes(self, now_ms: int) -> Iterator[tuple[str, bytes | None]]:
+        """One (key, encoded entry or None) per dirty key, for the changelog."""
+
+    @abstractmethod
+    def restore(self, key: str, raw: bytes | None) -> None:
+        """Apply one changelog record (restore path: not dirty)."""
+
+    @abstractmethod
+    def checkpointed(self, changelog_end: int | None) -> None:
+        """Offsets are committed: the dirty keys are durable. ``changelog_end`` is the
+        changelog partition's end offset after the checkpoint's flush (for DiskStore)."""
+
+    @abstractmethod
+    def restore_from(self) -> int | None:
+        """Changelog offset to replay from (None: from the beginning)."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+class MemoryStore(Store):
+    """A dict in write order (so in expiry order); fully restored on assignment."""
+
+    def __init__(self, name: str, partition: int, ttl_ms: int | None) -> None:
+        super().__init__(name, partition, ttl_ms)
+        self._data: dict[str, tuple[Entry, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def get(self, key: str, now_ms: int) -> Entry | None:
+        found = self._data.get(key)
+        if found is None or found[1] <= now_ms:
+            return None
+        return found[0]
+
+    def put(self, key: str, value: Entry | None, now_ms: int) -> None:
+        self._data.pop(key, None)  # re-inserted at the end: write order = expiry order
+        if value is not None:
+            self._data[key] = (value, self.expiry(now_ms))
+        self._dirty.add(key)
+
+    def sweep(self, now_ms: int, limit: int) -> int:
+        removed = 0
+        data = self._data
+        while data and removed < limit:
+            key = next(iter(data))
+            if data[key][1] > now_ms:
+                break
+            del data[key]
+            self._dirty.add(key)
+            removed += 1
+        return removed
+
+    def changes(self, now_ms: int) -> Iterator[tuple[str, bytes | None]]:
+        data = self._data
+        for key in self._dirty:
+            found = data.get(key)
+            yield key, (None if found is None else encode_entry(*found))
+
+    def restore(self, key: str, raw: bytes | None) -> None:
+        self._data.pop(key, None)
+        if raw is not None:
+            self._data[key] = decode_entry(raw)
+
+    def checkpointed(self, changelog_end: int | None) -> None:
+        self._dirty.clear()
+
+    def restore_from(self) -> int | None:
+        return None
+
+    def close(self) -> None:
+        self._data.clear()
+        self._dirty.clear()
+
+
+_DATA = b"d"
+_INDEX = b"x"
+_OFFSET_KEY = b"m:changelog_end"
+_U64 = struct.Struct(">Q")
+
+
+class DiskStore(Store):
+    """RocksDB via rocksdict; written only after the checkpoint that makes entries durable."""
+
+    def __init__(self, name: str, partition: int, ttl_ms: int | None, path: Path) -> None:
+        super().__init__(name, partition, ttl_ms)
+        from rocksdict import Options, Rdict  # imported here: only disk stores need it
+
+        self._path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = Rdict(str(path), options=Options(raw_mode=True))
+        # Written this batch or checkpoint, not yet on disk: key -> (entry or None, expiry).
+        self._pending: dict[str, tuple[Entry | None, int]] = {}
+        self._restoring: dict[bytes, bytes | None] = {}
+
+    def _disk(self, key: str) -> tuple[Entry, int] | None:
+        raw = self._db.get(_DATA + key.encode())
+        return None if raw is None else decode_entry(raw)
+
+    def get(self, key: str, now_ms: int) -> Entry | None:
+        found = self._pending.get(key)
+        if found is None:
+            found = self._disk(key)
+        if found is None or found[0] is None or found[1] <= now_ms:
+            return None
+        return found[0]
+
+    def put(self, key: str, value: Entry | None, now_ms: int) -> None:
+        self._pending[key] = (value, self.expiry(now_ms))
+        self._dirty.add(key)
+
+    def sweep(self, now_ms: int, limit: int) -> int:
+        it = self._db.iter()
+        it.seek(_INDEX)
+        removed = 0
+        stale: list[bytes] = []
+        while it.valid() and len(stale) < limit:
+            ikey: bytes = it.key()
+            if not ikey.startswith(_INDEX) or _U64.unpack_from(ikey, 1)[0] > now_ms:
+                break
+            expires = _U64.unpack_from(ikey, 1)[0]
+            key = ikey[9:].decode()
+            current = self._pending.get(key) or self._disk(key)
+            if current is not None and current[0] is not None and current[1] == expires:
+                self._pending[key] = (None, 0)
+                self._dirty.add(key)
+                removed += 1
+            stale.append(ikey)  # this index entry is done either way
+            it.next()
+        del it
+        for ikey in stale:
+            self._db.delete(ikey)
+        return removed
+
+    def changes(self, now_ms: int) -> Iterator[tuple[str, bytes | None]]:
+        for key in self._dirty:
+            value, expires = self._pending[key]
+            yield key, (None if value is None else encode_entry(value, expires))
+
+    def restore(self, key: str, raw: bytes | None) -> None:
+        self._restoring[key.encode()] = raw
+        if len(self._restoring) >= 10_000:
+            self._write_restored()
+
+    def _write_restored(self) -> None:
+        from rocksdict import WriteBatch
+
+        batch = WriteBatch(raw_mode=True)
+        for bkey, raw in self._restoring.items():
+            self._write(batch, bkey, None if raw is None else decode_entry(raw))
+        self._db.write(batch)
+        self._restoring.clear()
+
+    def _write(self, batch: Any, bkey: bytes, entry: tuple[Entry | None, int] | None) -> None:
+        old = self._db.get(_DATA + bkey)
+        if old is not None:
+            batch.delete(_INDEX + _U64.pack(decode_entry(old)[1]) + bkey)
+        if entry is None or entry[0] is None:
+            batch.delete(_DATA + bkey)
+        else:
+            batch.put(_DATA + bkey, encode_entry(entry[0], entry[1]))
+            if entry[1] < _NO_EXPIRY:
+                batch.put(_INDEX + _U64.pack(entry[1]) + bkey, b"")
+
+    def checkpointed(self, changelog_end: int | None) -> None:
+        from rocksdict import WriteBatch
+
+        if self._restoring:
+            self._write_restored()
+        batch = WriteBatch(raw_mode=True)
+        for key, entry in self._pending.items():
+            self._write(batch, key.encode(), entry)
+        if changelog_end is not None:
+            batch.put(_OFFSET_KEY, _U64.pack(changelog_end))
+        self._db.write(batch)
+        self._pending.clear()
+        self._dirty.clear()
+
+    def restore_from(self) -> int | None:
+        raw = self._db.get(_OFFSET_KEY)
+        return None if raw is None else _U64.unpack(raw)[0]
+
+    def restored(self, changelog_end: int) -> None:
+        """Replay finished at ``changelog_end``: persist what was replayed and where it ended."""
+        self.checkpointed(changelog_end)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def destroy(self) -> None:
+        """Remove the local copy (it can always be rebuilt from the changelog)."""
+        self.close()
+        shutil.rmtree(self._path, ignore_errors=True)
+
+
+class KeyState:
+    """One record key's view of a store, with named fields (the API the decisions use)."""
+
+    __slots__ = ("_entry", "_key", "_now_ms", "_store")
+
+    def __init__(self, store: Store, key: str, now_ms: int) -> None:
+        self._store = store
+        self._key = key
+        self._now_ms = now_ms
+        self._entry: Entry | None = store.get(key, now_ms)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        entry = self._entry
+        return default if entry is None else entry.get(name, default)
+
+    def set(self, name: str, value: Any) -> None:
+        entry = dict(self._entry or {})
+        entry[name] = value
+        self._entry = entry
+        self._store.put(self._key, entry, self._now_ms)
+
+    def delete(self, name: str) -> None:
+        if self._entry is None or name not in self._entry:
+            return
+        entry = {k: v for k, v in self._entry.items() if k != name}
+        self._entry = entry or None
+        self._store.put(self._key, self._entry, self._now_ms)

@@ -1,0 +1,41 @@
+"""A counting stage for runtime tests: ``python -m tests.pipeline.runtime.counter_stage
+memory|disk``. Each record adds one to its key's count and emits the new count, so the last
+output per key says whether the store lost or double-applied anything."""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+from pipeline.runtime.runner import StageRunner
+from pipeline.runtime.stage import Input, KeyedStage, Out, Record, StoreSpec
+from pipeline.runtime.store import KeyState
+from pipeline.settings import get_settings
+
+IN_TOPIC, OUT_TOPIC, STORE = "rt-in", "rt-out", "counts"
+
+
+class Counter(KeyedStage):
+    name = "rtcount"
+
+    def __init__(self, disk: bool) -> None:
+        self.inputs = (Input(IN_TOPIC, StoreSpec(STORE, 3600, disk=disk)),)
+
+    def handle(self, record: Record, state: KeyState | None, now_ms: int) -> list[Out]:
+        assert state is not None
+        if record.value == b"poison":
+            raise ValueError("poison record")
+        count = state.get("n", 0) + 1
+        state.set("n", count)
+        return [Out(OUT_TOPIC, record.key or "", str(count).encode())]
+
+
+def main() -> int:
+    runner = StageRunner(get_settings(), Counter(disk=sys.argv[1] == "disk"))
+    signal.signal(signal.SIGTERM, lambda *_: runner.stop())
+    runner.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
