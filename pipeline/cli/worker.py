@@ -85,9 +85,9 @@ def run_topology(settings: Settings) -> int:
     """Every batch stage on a thread of this process; every service stage whose settings are
     present as a supervised child. Stops everything when one batch stage fails, so the
     supervisor restarts the whole worker (each stage resumes from its last checkpoint)."""
-    batch = [s for s in registry.STAGES if s.kind == "batch"]
-    services = [s for s in registry.STAGES
-                if s.kind == "service" and (s.needs is None or getattr(settings, s.needs))]
+    wanted = [s for s in registry.STAGES if s.needs is None or getattr(settings, s.needs)]
+    batch = [s for s in wanted if s.kind == "batch"]
+    services = [s for s in wanted if s.kind == "service"]
     runners = [_runner(s, settings) for s in batch]
     children = [subprocess.Popen([sys.executable, "-m", "pipeline.cli.main", "worker", s.name],
                                  preexec_fn=die_with_parent()) for s in services]

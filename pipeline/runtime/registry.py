@@ -68,7 +68,7 @@ STAGES: tuple[StageSpec, ...] = (
               description="the one owner of each message's status"),
     StageSpec("webhooks", "service", "pipeline.stages.webhooks:run", (), (), "dlq-reconcile",
               needs="carriers_file", description="receives carriers' status webhooks"),
-    StageSpec("pgsink", "service", "pipeline.stages.pgsink:run", ("delivery-status",), (),
+    StageSpec("pgsink", "batch", "pipeline.stages.pgsink:build", ("delivery-status",), (),
               "dlq-status", needs="database_url",
               description="writes the status history to PostgreSQL"),
 )

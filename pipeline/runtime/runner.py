@@ -137,6 +137,7 @@ class StageRunner:
         if self._restorer is not None:
             self._restorer.close()
         self._producer.flush(30)
+        self.stage.close()
         _log.info("stage_stopped", stage=self.stage.name)
 
     # -- the loop --
@@ -286,35 +287,7 @@ class StageRunner:
                                    tp.partition)
         committed = self._consumer.committed([TopicPartition(tp.topic, tp.partition)],
                                              timeout=30)[0].offset
-        restorer = self._restorer_consumer()
-        low, high = restorer.get_watermark_offsets(changelog, timeout=30, cached=False)
-        start = store.restore_from()
-        start = low if start is None or start < low else start
-        applied = skipped = 0
-        if start < high:
-            restorer.assign([TopicPartition(changelog.topic, changelog.partition,
-                                            start if start > 0 else OFFSET_BEGINNING)])
-            position = start
-            while position < high:
-                msgs = restorer.consume(10_000, 1.0)
-                if not msgs:  # compaction can leave the last offsets empty
-                    position = max(position, restorer.position([changelog])[0].offset)
-                for msg in msgs:
-                    if msg.error() is not None:
-                        if msg.error().fatal():
-                            raise KafkaException(msg.error())
-                        continue
-                    position = msg.offset() + 1
-                    source = _header(msg.headers(), H_SOURCE_OFFSET)
-                    if source is not None and int(source) > committed:
-                        skipped += 1  # a checkpoint that never committed
-                        continue
-                    key = msg.key()
-                    store.restore(key.decode() if key is not None else "", msg.value())
-                    applied += 1
-            restorer.unassign()
-        if isinstance(store, DiskStore):
-            store.restored(high)
+        applied, skipped = restore(store, self._restorer_consumer(), changelog, committed)
         seconds = time.perf_counter() - started
         RUNTIME_RESTORED_KEYS.labels(self.stage.name, spec.name).inc(applied)
         _log.info("store_restored", stage=self.stage.name, store=spec.name,
@@ -333,6 +306,44 @@ class StageRunner:
         return self._restorer
 
 
+def restore(store: Store, restorer: Consumer, changelog: TopicPartition,
+            committed: int) -> tuple[int, int]:
+    """Replay ``changelog`` into ``store`` from the store's local checkpoint (or the start) to
+    the partition's end; records headed with an input offset beyond ``committed`` are skipped.
+    Returns (records applied, records skipped)."""
+    low, high = restorer.get_watermark_offsets(changelog, timeout=30, cached=False)
+    start = store.restore_from()
+    start = low if start is None or start < low else start
+    applied = skipped = 0
+    if start < high:
+        restorer.assign([TopicPartition(changelog.topic, changelog.partition,
+                                        start if start > 0 else OFFSET_BEGINNING)])
+        position = start
+        while position < high:
+            # Ask for exactly what is left, so the last batch returns when it is complete.
+            msgs = restorer.consume(min(10_000, high - position), 0.5)
+            if not msgs:  # compaction can leave the last offsets empty
+                position = max(position, restorer.position([changelog])[0].offset)
+            for msg in msgs:
+                err = msg.error()
+                if err is not None:
+                    if err.fatal():
+                        raise KafkaException(err)
+                    continue
+                position = msg.offset() + 1
+                source = _header(msg.headers(), H_SOURCE_OFFSET)
+                if source is not None and int(source) > committed:
+                    skipped += 1  # a checkpoint that never committed
+                    continue
+                key = msg.key()
+                store.restore(key.decode() if key is not None else "", msg.value())
+                applied += 1
+        restorer.unassign()
+    if isinstance(store, DiskStore):
+        store.restored(high)
+    return applied, skipped
+
+
 class _TopicNames(dict[str, str]):
     """Catalogue short name → full topic name, computed once per name."""
 
@@ -348,5 +359,5 @@ class _TopicNames(dict[str, str]):
 def _header(headers: Any, name: str) -> bytes | None:
     for k, v in headers or ():
         if k == name:
-            return v
+            return v  # type: ignore[no-any-return]
     return None

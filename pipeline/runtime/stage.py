@@ -78,6 +78,8 @@ class Stage:
     #: stage name: consumer group ``<prefix><name>``, dead letters to ``dlq-<name>``.
     name: str = ""
     inputs: tuple[Input, ...] = ()
+    #: where records this stage cannot process go (default ``dlq-<name>``).
+    dead_letter_topic: str | None = None
 
     def process(self, records: Sequence[Record], stores: Mapping[tuple[str, int], Store],
                 now_ms: int) -> list[Out]:
@@ -90,13 +92,17 @@ class Stage:
         """The dead-letter copy of ``record``: original key and bytes, provenance headers."""
         counted(self.name, exc, record.topic, record.partition, record.offset)
         prov = Provenance(record.topic, record.partition, record.offset, record.timestamp)
-        return Out(f"dlq-{self.name}", record.key or "", record.value or b"",
+        return Out(self.dead_letter_topic or f"dlq-{self.name}", record.key or "",
+                   record.value or b"",
                    dead_letter_headers(record.headers, prov, self.name, exc, now_ms,
                                        message_id))
 
     def message_id_of(self, record: Record) -> str | None:
         """The message id named in dead-letter headers (default: the record key)."""
         return record.key
+
+    def close(self) -> None:
+        """Release what the stage holds (connections); called once the runner stopped."""
 
 
 class KeyedStage(Stage):

@@ -20,8 +20,10 @@ for that long is gone (expired on read, removed with a tombstone by :meth:`Store
 age by last write, so expiry order equals write order: the memory store keeps its dict in write
 order, the disk store keeps an expiry index (``x`` + big-endian expiry + key).
 
-Entry encoding (changelog value and disk value): JSON ``[value, expires_ms]`` where ``value`` is a
-dict of named fields (a stage keeps several fields per key, as Quix Streams state did).
+Entry encoding (changelog value and disk value): the expiry (epoch ms, 8 bytes big-endian) then
+the entry as JSON, a dict of named fields (a stage keeps several fields per key). The expiry
+comes first so a restore can order and age entries without parsing them: a memory store keeps a
+restored entry as bytes until a record of its key first reads it.
 """
 
 from __future__ import annotations
@@ -37,15 +39,19 @@ import orjson
 
 Entry = dict[str, Any]
 _NO_EXPIRY = 2**62
+_U64 = struct.Struct(">Q")
 
 
 def encode_entry(value: Entry, expires_ms: int) -> bytes:
-    return orjson.dumps([value, expires_ms])
+    return _U64.pack(expires_ms) + orjson.dumps(value)
 
 
 def decode_entry(raw: bytes) -> tuple[Entry, int]:
-    value, expires_ms = orjson.loads(raw)
-    return value, int(expires_ms)
+    return orjson.loads(raw[8:]), _U64.unpack_from(raw)[0]
+
+
+def entry_expiry(raw: bytes) -> int:
+    return int(_U64.unpack_from(raw)[0])
 
 
 class Store(ABC):
@@ -94,11 +100,12 @@ class Store(ABC):
 
 
 class MemoryStore(Store):
-    """A dict in write order (so in expiry order); fully restored on assignment."""
+    """A dict in write order (so in expiry order); fully restored on assignment. A restored
+    entry stays encoded (bytes) until its key is first read."""
 
     def __init__(self, name: str, partition: int, ttl_ms: int | None) -> None:
         super().__init__(name, partition, ttl_ms)
-        self._data: dict[str, tuple[Entry, int]] = {}
+        self._data: dict[str, tuple[Entry | bytes, int]] = {}
 
     def __len__(self) -> int:
         return len(self._data)
@@ -107,7 +114,11 @@ class MemoryStore(Store):
         found = self._data.get(key)
         if found is None or found[1] <= now_ms:
             return None
-        return found[0]
+        value = found[0]
+        if isinstance(value, bytes):
+            value = orjson.loads(value[8:])
+            self._data[key] = (value, found[1])
+        return value
 
     def put(self, key: str, value: Entry | None, now_ms: int) -> None:
         self._data.pop(key, None)  # re-inserted at the end: write order = expiry order
@@ -131,12 +142,16 @@ class MemoryStore(Store):
         data = self._data
         for key in self._dirty:
             found = data.get(key)
-            yield key, (None if found is None else encode_entry(*found))
+            if found is None:
+                yield key, None
+            else:
+                value, expires = found
+                yield key, (value if isinstance(value, bytes) else encode_entry(value, expires))
 
     def restore(self, key: str, raw: bytes | None) -> None:
         self._data.pop(key, None)
         if raw is not None:
-            self._data[key] = decode_entry(raw)
+            self._data[key] = (raw, entry_expiry(raw))
 
     def checkpointed(self, changelog_end: int | None) -> None:
         self._dirty.clear()
@@ -152,7 +167,6 @@ class MemoryStore(Store):
 _DATA = b"d"
 _INDEX = b"x"
 _OFFSET_KEY = b"m:changelog_end"
-_U64 = struct.Struct(">Q")
 
 
 class DiskStore(Store):
@@ -223,20 +237,24 @@ class DiskStore(Store):
 
         batch = WriteBatch(raw_mode=True)
         for bkey, raw in self._restoring.items():
-            self._write(batch, bkey, None if raw is None else decode_entry(raw))
+            self._write_raw(batch, bkey, raw)
         self._db.write(batch)
         self._restoring.clear()
 
     def _write(self, batch: Any, bkey: bytes, entry: tuple[Entry | None, int] | None) -> None:
+        raw = None if entry is None or entry[0] is None else encode_entry(entry[0], entry[1])
+        self._write_raw(batch, bkey, raw)
+
+    def _write_raw(self, batch: Any, bkey: bytes, raw: bytes | None) -> None:
         old = self._db.get(_DATA + bkey)
         if old is not None:
-            batch.delete(_INDEX + _U64.pack(decode_entry(old)[1]) + bkey)
-        if entry is None or entry[0] is None:
+            batch.delete(_INDEX + old[:8] + bkey)
+        if raw is None:
             batch.delete(_DATA + bkey)
         else:
-            batch.put(_DATA + bkey, encode_entry(entry[0], entry[1]))
-            if entry[1] < _NO_EXPIRY:
-                batch.put(_INDEX + _U64.pack(entry[1]) + bkey, b"")
+            batch.put(_DATA + bkey, raw)
+            if entry_expiry(raw) < _NO_EXPIRY:
+                batch.put(_INDEX + raw[:8] + bkey, b"")
 
     def checkpointed(self, changelog_end: int | None) -> None:
         from rocksdict import WriteBatch

@@ -9,33 +9,31 @@ Reads ``delivery-status`` and writes, in one transaction per polled batch:
   sequence, so it always shows the message's current (effective) status whatever the order
   in which batches from different partitions land.
 
-Offsets are committed after the database commit: a crash between the two replays the batch,
-which the keys above absorb. Guarantee: effectively-once rows, at-least-once delivery.
+Offsets are committed at the runtime's next checkpoint, after the database commit: a crash
+between the two replays the records since the last checkpoint, which the keys above absorb.
+Guarantee: effectively-once rows, at-least-once delivery.
 A record that is not a DeliveryStatus goes to ``dlq-status`` with provenance; the partition
 keeps moving.
 """
 
 from __future__ import annotations
 
-import signal
 import time
-from collections.abc import Iterable
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import psycopg
 import structlog
-from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
 from pipeline.codec import AvroCodec
 from pipeline.errors import ConfigError
 from pipeline.metrics import PROCESSING_SECONDS, RECORDS
-from pipeline.producing import produce_waiting
-from pipeline.runtime.deadletter import counted, headers_of
+from pipeline.runtime.stage import Input, Out, Record, Stage
+from pipeline.runtime.store import Store
 from pipeline.settings import Settings
 
 STAGE = "pgsink"
 IN_TOPIC = "delivery-status"
-BATCH = 2000
 
 log = structlog.get_logger("telex.pgsink")
 
@@ -82,51 +80,42 @@ def row(event: dict[str, Any]) -> tuple[Any, ...]:
             event.get("attempt"), event.get("source"), event.get("trace_id"))
 
 
-class StatusSink:
-    """Consumes delivery-status and writes the two tables, one transaction per batch."""
+class StatusSink(Stage):
+    """Writes each polled batch of delivery-status in one transaction; the runtime commits the
+    batch's offsets at its next checkpoint, after this commit (so after the rows exist)."""
+
+    name = STAGE
+    inputs = (Input(IN_TOPIC),)
+    dead_letter_topic = "dlq-status"
 
     def __init__(self, settings: Settings) -> None:
         if settings.database_url is None:
             raise ConfigError("the status sink needs DATABASE_URL")
-        self._settings = settings
         self._schema = settings.pg_schema
         self._codec = AvroCodec.from_settings(settings)
         self._db = psycopg.connect(settings.database_url.get_secret_value(), autocommit=False)
         with self._db.transaction():
             for statement in ddl(self._schema):
                 self._db.execute(statement)  # type: ignore[arg-type]
-        self._consumer = Consumer(settings.consumer_config(settings.topic(STAGE)))
-        self._producer = Producer(settings.producer_config())
-        self._running = True
         self._written = RECORDS.labels(STAGE, "written")
         self._latency = PROCESSING_SECONDS.labels(STAGE)
 
-    def stop(self) -> None:
-        self._running = False
-
-    def run(self) -> None:
-        self._consumer.subscribe([self._settings.topic(IN_TOPIC)])
-        try:
-            while self._running:
-                records = [m for m in self._consumer.consume(BATCH, 0.2) if m.error() is None]
-                if records:
-                    self.write(records)
-        finally:
-            self._producer.flush(30)
-            self._consumer.close()
-            self._db.close()
-
-    def write(self, records: Iterable[Message]) -> None:
+    def process(self, records: Sequence[Record], stores: Mapping[tuple[str, int], Store],
+                now_ms: int) -> list[Out]:
         started = time.perf_counter()
-        rows, offsets = [], {}
-        for msg in records:
-            offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
+        rows, dead = [], []
+        for record in records:
             try:
-                rows.append(row(self._codec.decode(msg.value(), expected="delivery_status")))
+                rows.append(row(self._codec.decode(record.value or b"",
+                                                   expected="delivery_status")))
             except Exception as exc:  # routed, counted and logged, never raised
-                self._dead_letter(msg, exc)
-        if self._producer.flush(30) != 0:
-            raise RuntimeError("pgsink: dead letters not acknowledged within 30 s")
+                dead.append(self.dead_letter(record, exc, now_ms))
+        self.write(rows)
+        self._latency.observe(time.perf_counter() - started)
+        return dead
+
+    def write(self, rows: list[tuple[Any, ...]]) -> None:
+        """Insert events and advance current statuses, in one transaction."""
         with self._db.transaction(), self._db.cursor() as cur:
             cur.executemany(_INSERT_EVENT.format(schema=self._schema), rows)  # type: ignore[arg-type]
             cur.executemany(
@@ -142,22 +131,12 @@ class StatusSink:
                 "WHERE m.sequence < EXCLUDED.sequence",
                 [(r[0], r[1], r[2], r[3], r[5], r[7], r[8], r[9], r[10], r[11], r[12])
                  for r in rows])
-        self._consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
-                              asynchronous=False)
         self._written.inc(len(rows))
-        self._latency.observe(time.perf_counter() - started)
 
-    def _dead_letter(self, msg: Message, exc: Exception) -> None:
-        key = msg.key().decode() if msg.key() else ""
-        produce_waiting(self._producer, self._settings.topic("dlq-status"), key=key,
-                        value=msg.value() or b"",
-                        headers=headers_of(msg, STAGE, exc, int(time.time() * 1000), key))
-        counted(STAGE, exc, msg.topic(), msg.partition(), msg.offset())
+    def close(self) -> None:
+        self._db.close()
 
 
-def run(settings: Settings) -> int:
-    sink = StatusSink(settings)
-    signal.signal(signal.SIGTERM, lambda *_: sink.stop())
-    signal.signal(signal.SIGINT, lambda *_: sink.stop())
-    sink.run()
-    return 0
+def build(settings: Settings) -> StatusSink:
+    """The status sink for the batch runtime (group ``<prefix>pgsink``)."""
+    return StatusSink(settings)

@@ -56,7 +56,7 @@ class ReconcileStage(KeyedStage):
         # A submission is kept as long as its receipts may come: the receipt window, plus the
         # wait of a receipt that came first.
         keep_s = settings.receipt_window_s + settings.receipt_match_ttl_s
-        self.inputs = (Input(IN_TOPIC, StoreSpec(STORE, keep_s)),)
+        self.inputs = (Input(IN_TOPIC, StoreSpec(STORE, keep_s, disk=True)),)
         self._outcomes = {o: RECORDS.labels(STAGE, o) for o in (
             "submission", "matched", "waiting", "unmapped", "released", "unmatched", "idle")}
         self._latency = PROCESSING_SECONDS.labels(STAGE)

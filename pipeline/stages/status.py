@@ -58,7 +58,7 @@ class StatusStage(KeyedStage):
                                        settings.receipt_resends)
         # Kept past the receipt window so late receipts still find the history they extend.
         keep_s = 2 * settings.receipt_window_s + 86_400
-        self.inputs = (Input(IN_TOPIC, StoreSpec(STORE, keep_s)),)
+        self.inputs = (Input(IN_TOPIC, StoreSpec(STORE, keep_s, disk=True)),)
         self._outcomes = {o: RECORDS.labels(STAGE, o) for o in (
             "applied", "history", "duplicate", "resend", "timeout", "stale_timer")}
         self._latency = PROCESSING_SECONDS.labels(STAGE)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 import sys
 
+from pipeline.observability import configure_logging
 from pipeline.runtime.runner import StageRunner
 from pipeline.runtime.stage import Input, KeyedStage, Out, Record, StoreSpec
 from pipeline.runtime.store import KeyState
@@ -31,7 +32,9 @@ class Counter(KeyedStage):
 
 
 def main() -> int:
-    runner = StageRunner(get_settings(), Counter(disk=sys.argv[1] == "disk"))
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    runner = StageRunner(settings, Counter(disk=sys.argv[1] == "disk"))
     signal.signal(signal.SIGTERM, lambda *_: runner.stop())
     runner.run()
     return 0
