@@ -2,10 +2,9 @@
 
 import warnings
 
-# confluent-kafka's schema-registry client (imported by quixstreams too) imports authlib's
-# deprecated httpx integration, and authlib forces its warning to "always". Importing it once
-# here with the warning recorded away keeps worker logs and filterwarnings=error clean without
-# installing a global filter.
+# confluent-kafka's schema-registry client imports authlib's deprecated httpx integration, and
+# authlib forces its warning to "always". Importing it once here with the warning recorded away
+# keeps worker logs and filterwarnings=error clean without installing a global filter.
 with warnings.catch_warnings(record=True):
     import confluent_kafka.schema_registry  # noqa: F401
 

@@ -25,13 +25,12 @@ from tempfile import TemporaryDirectory
 from pipeline.codec import AvroCodec
 from pipeline.devbroker import DevBroker
 from pipeline.procutil import free_ports
+from pipeline.runtime.registry import dead_letter_topics
 from pipeline.sdk import OutboundMessage, TelexProducer
 from pipeline.settings import Settings, load_settings
 from pipeline.topic_reader import read_from_start
-from pipeline.topics import STAGES as DLQ_STAGES
 from pipeline.topics import admin_client, apply_topics, catalogue
 
-STAGES = ("ingest", "ratelimit", "scheduler", "dispatch", "reconcile", "status", "webhooks")
 FINAL = ("delivered", "undelivered", "failed", "read", "canceled")
 # Senders of the demo registry with their default limits: short code 100/s, alphanumeric
 # 10/s, toll-free 3/s; requests are spread 90/8/2 % over them.
@@ -124,12 +123,14 @@ def run(count: int = 2000, timeout: float = 120.0) -> int:
                                                "webhook_port": hook_port})
         env = {**os.environ, **settings.to_env(),
                "TELEX_LOG_LEVEL": os.environ.get("TELEX_LOG_LEVEL", "WARNING")}
-        logs = {s: Path(tmp) / f"{s}.log" for s in STAGES}
+        # One worker runs the whole topology (every stage this configuration has), as a
+        # deployment on one machine would.
+        logs = {"topology": Path(tmp) / "worker.log"}
         workers = []
-        for stage, path in logs.items():
+        for path in logs.values():
             with path.open("wb") as out:  # the child keeps its own descriptor
                 workers.append(subprocess.Popen(
-                    [sys.executable, "-m", "pipeline.cli.main", "worker", stage], env=env,
+                    [sys.executable, "-m", "pipeline.cli.main", "worker"], env=env,
                     stdout=out, stderr=subprocess.STDOUT))
         workers += [smsc, channel]
         try:
@@ -166,7 +167,7 @@ def _run_batch(settings: Settings, count: int, timeout: float) -> int:
     elapsed = time.monotonic() - started
     history = _drain(settings, "delivery-status")
     conflicts = len(_drain(settings, "request-rejections"))
-    dead = sum(len(_drain(settings, f"dlq-{s}")) for s in DLQ_STAGES)
+    dead = sum(len(_drain(settings, name)) for name in dead_letter_topics())
     deferred = len({k for k, _ in _drain(settings, "ratelimit-deferrals")})
     summary = Counter(statuses.values())
     print(f"\nfinal statuses after {elapsed:.1f} s ({len(statuses)} messages, "

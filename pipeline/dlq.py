@@ -61,12 +61,13 @@ from pipeline.errors import BrokerError, CodecError, TopicError
 from pipeline.keyhash import partition_for
 from pipeline.ops import admin
 from pipeline.producing import produce_waiting
+from pipeline.runtime.registry import dead_letter_topics
 from pipeline.settings import Settings
 from pipeline.topic_reader import read_ranges
-from pipeline.topics import STAGES, find
+from pipeline.topics import find
 
 PARKED = "dlq-parked"
-DLQ_TOPICS = (*(f"dlq-{stage}" for stage in STAGES), PARKED)
+DLQ_TOPICS = (*dead_letter_topics(), PARKED)
 HANDLED_GROUP = "dlq-handled"
 REPLAY_GROUP = "dlq-replay"
 # Records produced between two flushes: bounds what an interrupted replay produces without

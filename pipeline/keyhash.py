@@ -1,7 +1,7 @@
 """Which partition a key lives on: Kafka's murmur2 partitioner, computed without producing.
 
 Every Telex producer partitions with murmur2 (``Settings.producer_config``), as the Java client
-and Quix Streams do. Tools that look up one key (``telex trace``, the replay's journal check)
+does. Tools that look up one key (``telex trace``, the replay's journal check)
 compute the partition here and read only that partition instead of the whole topic.
 """
 

@@ -9,19 +9,11 @@ from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicP
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from pipeline.errors import BrokerError
-from pipeline.runtime.delay import TIER_DELAYS_MS, tier_topic
+from pipeline.runtime.registry import consuming, dead_letter_topics
 from pipeline.settings import Settings
-from pipeline.topics import STAGES as DLQ_STAGES
 
 # Each stage's consumer group (after the prefix) and the topics it consumes.
-STAGE_INPUTS: dict[str, tuple[str, ...]] = {
-    "ingest": ("message-requested",),
-    "ratelimit": ("message-accepted", "rl-account", "rl-route", "rl-sender"),
-    "scheduler": tuple(tier_topic(i) for i in range(len(TIER_DELAYS_MS))),
-    "dispatch": ("dispatch-ready",),
-    "reconcile": ("carrier-receipts",),
-    "status": ("status-updates",),
-}
+STAGE_INPUTS: dict[str, tuple[str, ...]] = consuming()
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,14 +89,14 @@ def dead_letters(settings: Settings, timeout: float = 10.0) -> dict[str, int]:
     client = admin(settings, timeout)
     meta = client.list_topics(timeout=timeout).topics
     out: dict[str, int] = {}
-    for stage in DLQ_STAGES:
-        topic = settings.topic(f"dlq-{stage}")
+    for name in dead_letter_topics():
+        topic = settings.topic(name)
         if topic not in meta:
             continue
         tps = [TopicPartition(topic, p) for p in meta[topic].partitions]
         ends = _end_offsets(client, tps, timeout)
         starts = client.list_offsets({tp: OffsetSpec.earliest() for tp in tps},
                                      request_timeout=timeout)
-        out[f"dlq-{stage}"] = sum(ends[(tp.topic, tp.partition)] - fut.result(timeout).offset
+        out[name] = sum(ends[(tp.topic, tp.partition)] - fut.result(timeout).offset
                                   for tp, fut in starts.items())
     return out

@@ -1,6 +1,6 @@
 """The one frozen settings object, read from environment variables.
 
-Every Kafka client in Telex (confluent-kafka producers, admin clients, Quix Streams apps) gets its
+Every Kafka client in Telex (confluent-kafka producers, consumers and admin clients) gets its
 connection options from :meth:`Settings.kafka_config`, so SASL/TLS is configured in one place.
 Secrets are ``SecretStr``: they never appear in ``repr``, logs or ``telex`` output.
 """
@@ -199,7 +199,7 @@ class Settings(BaseSettings):
     def producer_config(self) -> dict[str, str | int | bool]:
         """Producer options: idempotent, acks=all, batched (never one round trip per record).
 
-        The partitioner is murmur2, as Quix Streams' producer (and every Java client) uses:
+        The partitioner is murmur2, as every Java client uses:
         a key must land on the same partition whichever Telex process writes it, or a bucket
         gets two owners and one message's records lose their order.
         """

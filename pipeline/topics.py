@@ -24,7 +24,7 @@ from confluent_kafka.admin import (
 
 from pipeline.errors import TopicError
 from pipeline.runtime.delay import TIER_DELAYS_MS, tier_topic
-from pipeline.runtime.registry import changelogs
+from pipeline.runtime.registry import changelogs, dead_letter_topics
 from pipeline.settings import Settings
 
 DAY_MS = 86_400_000
@@ -32,9 +32,6 @@ DAY_MS = 86_400_000
 STREAM = "stream"
 COMPACTED = "compacted"
 
-# Stages that own a dead-letter topic, in pipeline order.
-STAGES = ("ingest", "dedup", "ratelimit", "dispatch", "retry", "reconcile", "status",
-          "callbacks")
 
 
 
@@ -130,9 +127,10 @@ def catalogue(settings: Settings) -> list[TopicSpec]:
         for stage, store in changelogs()
     ]
     specs += [
-        spec(f"dlq-{stage}", STREAM, _stream(30),
-             f"DeadLetterEnvelope: records the {stage} stage could not process")
-        for stage in STAGES
+        spec(name, STREAM, _stream(30),
+             f"DeadLetterEnvelope: records the {name.removeprefix('dlq-')} stage could not "
+             "process")
+        for name in dead_letter_topics()
     ]
     return specs
 

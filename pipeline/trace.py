@@ -34,13 +34,13 @@ from pipeline.runtime.deadletter import (
     header_dict,
 )
 from pipeline.runtime.delay import H_DUE, H_TARGET, TIER_DELAYS_MS, tier_topic
+from pipeline.runtime.registry import dead_letter_topics
 from pipeline.settings import Settings
 from pipeline.stages.reconcile_decision import receipt_key
 from pipeline.topic_reader import read_ranges
-from pipeline.topics import STAGES
 
 _TIERS = tuple(tier_topic(i) for i in range(len(TIER_DELAYS_MS)))
-_DLQS = (*(f"dlq-{s}" for s in STAGES), "dlq-parked")
+_DLQS = (*dead_letter_topics(), "dlq-parked")
 # Topics keyed by message id, in pipeline order: the order breaks timestamp ties.
 KEYED_BY_ID = ("message-requested", "message-accepted", "request-rejections",
                "ratelimit-deferrals", "dispatch-ready", "dispatch-journal", *_TIERS,

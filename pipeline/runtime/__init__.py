@@ -1,1 +1,3 @@
-"""What every stage worker shares: the Quix Streams app factory and dead-lettering."""
+"""The stage runtime: the batch loop and its checkpoints (runner), stores restored from
+compacted changelogs (store), the stage interface (stage), the registry of stages, dead-lettering,
+and the delay tiers with their scheduler."""

@@ -35,6 +35,7 @@ class StageSpec:
     stores: tuple[str, ...] = ()  # store names (changelog topic <stage>-<store>-changelog)
     dead_letter: str | None = None  # catalogue short name
     needs: str | None = None  # a setting without which the stage is not started by `telex worker`
+    optional: bool = False  # the pipeline delivers without it (health does not require it)
     description: str = ""
 
     def group(self, settings: Settings) -> str:
@@ -69,7 +70,7 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec("webhooks", "service", "pipeline.stages.webhooks:run", (), (), "dlq-reconcile",
               needs="carriers_file", description="receives carriers' status webhooks"),
     StageSpec("pgsink", "batch", "pipeline.stages.pgsink:build", ("delivery-status",), (),
-              "dlq-status", needs="database_url",
+              "dlq-status", needs="database_url", optional=True,
               description="writes the status history to PostgreSQL"),
 )
 
@@ -81,6 +82,22 @@ def spec(name: str) -> StageSpec:
         if s.name == name:
             return s
     raise KeyError(f"unknown stage {name!r}; stages: {', '.join(NAMES)}")
+
+
+def consuming() -> dict[str, tuple[str, ...]]:
+    """Inputs of every stage the pipeline needs that consumes topics (for lag and health)."""
+    return {s.name: s.inputs for s in STAGES if s.inputs and not s.optional}
+
+
+def dead_letter_topics() -> tuple[str, ...]:
+    """Every stage's dead-letter topic (short names), each once, plus those reserved for stages
+    to come."""
+    named = dict.fromkeys(s.dead_letter for s in STAGES if s.dead_letter)
+    return tuple(named) + tuple(t for t in RESERVED_DEAD_LETTERS if t not in named)
+
+
+#: Dead-letter topics of stages not built yet, created so their consumers can be set up first.
+RESERVED_DEAD_LETTERS = ("dlq-callbacks",)
 
 
 def changelogs() -> tuple[tuple[str, str], ...]:

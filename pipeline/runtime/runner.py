@@ -15,8 +15,9 @@ One :class:`StageRunner` runs one :class:`~pipeline.runtime.stage.Stage` in cons
    b. produce **one changelog record per dirty key** to the store's compacted changelog topic,
       on the input's partition number, headed with the input offset being committed;
    c. flush the producer and check every delivery report: any failure stops the worker;
-   d. commit the input offsets (a commit refused because the group moved on is logged and
-      dropped: the new owner re-reads those records, which every stage absorbs);
+   d. commit the input offsets (a commit refused because a rebalance is under way or the
+      group moved on is logged and retried at the next checkpoint; partitions really lost are
+      dropped by ``on_lost``, and their new owner re-reads the uncommitted records);
    e. tell the stores their changes are durable (a disk store writes them now, with the
       changelog end offset, so its local copy never runs ahead of the changelog).
 
@@ -25,6 +26,7 @@ rebuilt from its changelog before any input record of that partition is processe
 records headed with an input offset beyond the partition's committed offset are skipped (they
 belong to a checkpoint that never committed, whose input is about to be processed again).
 On revocation the runner checkpoints first; on lost membership it drops the partitions' state.
+A record polled in the same call that revoked its partition is left to the new owner.
 """
 
 from __future__ import annotations
@@ -92,6 +94,10 @@ class StageRunner:
         self._restorer: Consumer | None = None
         self._stores: dict[tuple[str, int], Store] = {}
         self._positions: dict[tuple[str, int], int] = {}  # next offset to commit
+        # Partitions this member owns now. A poll can return a record and then, in the same
+        # call, revoke its partition (the rebalance callback runs inside poll/consume): such a
+        # record belongs to the new owner, which reads it from the committed offset.
+        self._assigned: set[tuple[str, int]] = set()
         self._uncommitted = 0
         self._delivery_errors: list[str] = []
         self._state_root = Path(settings.state_dir) / self.group
@@ -154,6 +160,7 @@ class StageRunner:
     def _process(self, batch: list[Message]) -> None:
         records: list[Record] = []
         positions = self._positions
+        assigned = self._assigned
         for msg in batch:
             err = msg.error()
             if err is not None:
@@ -163,6 +170,8 @@ class StageRunner:
                 continue
             key = msg.key()
             topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+            if (topic, partition) not in assigned:
+                continue  # revoked while this batch was being polled: not ours to process
             records.append(Record(topic, partition, offset,
                                   None if key is None else key.decode("utf-8", "replace"),
                                   msg.value(), msg.headers(), msg.timestamp()[1]))
@@ -226,16 +235,19 @@ class StageRunner:
                 committed = False
                 _log.warning("commit_refused_lost_membership", stage=self.stage.name,
                              error=str(exc))
-        if committed:
-            for store in self._stores.values():
-                if not isinstance(store, DiskStore):
-                    store.checkpointed(None)
-            for store, changelog in disk:
-                _, high = self._consumer.get_watermark_offsets(
-                    TopicPartition(changelog, store.partition), timeout=10, cached=False)
-                store.checkpointed(high)
-        else:  # the group moved on: this state may be ahead of what is committed
-            self._drop(list(self._stores))
+        if not committed:
+            # Keep state, positions and dirty keys: the next checkpoint writes the changelog
+            # again and retries the commit. Partitions really lost come back through on_lost,
+            # which drops them; their new owner restores up to the old committed offset.
+            self._uncommitted = max(1, self._uncommitted)
+            return
+        for store in self._stores.values():
+            if not isinstance(store, DiskStore):
+                store.checkpointed(None)
+        for store, changelog in disk:
+            _, high = self._consumer.get_watermark_offsets(
+                TopicPartition(changelog, store.partition), timeout=10, cached=False)
+            store.checkpointed(high)
         self._uncommitted = 0
         self._changelog_metric.inc(changed)
         self._checkpoint_metric.observe(time.perf_counter() - started)
@@ -247,6 +259,7 @@ class StageRunner:
             spec = self._inputs[tp.topic].store
             if spec is not None:
                 self._stores[(tp.topic, tp.partition)] = self._restore(spec, tp)
+            self._assigned.add((tp.topic, tp.partition))
         _log.info("partitions_assigned", stage=self.stage.name,
                   partitions=[f"{tp.topic}[{tp.partition}]" for tp in partitions])
 
@@ -267,6 +280,7 @@ class StageRunner:
 
     def _drop(self, keys: list[tuple[str, int]]) -> None:
         for key in keys:
+            self._assigned.discard(key)
             self._positions.pop(key, None)
             store = self._stores.pop(key, None)
             if store is not None:

@@ -156,3 +156,33 @@ def test_a_record_that_fails_is_dead_lettered_and_the_partition_moves_on(
     headers = header_dict(dead[0].headers())
     assert headers[H_ERROR_CLASS] == "ValueError"
     assert headers[H_ORIGINAL_OFFSET] == "1"
+
+
+@pytest.mark.parametrize("kind", ["memory", "disk"])
+def test_workers_joining_and_leaving_mid_stream_lose_and_double_count_nothing(
+    rt: Settings, procs: list[_Proc], tmp_path: Path, kind: str
+):
+    """A second worker joins while the first is busy (half the partitions move to it), then
+    the first stops cleanly (the rest move): every key's count ends exactly at the rounds
+    produced, and nothing is dead-lettered (a record polled in the same call that revoked its
+    partition belongs to the new owner, not to this one's dead letters)."""
+    keys = 5_000
+    rounds = [[(f"k{i:04d}", b"+") for i in range(keys)] for _ in range(ROUNDS)]
+    first = _Proc(rt, kind, tmp_path / "first.log")
+    procs.append(first)
+    produce(rt, IN_TOPIC, rounds[0])
+    read_all(rt, OUT_TOPIC, until=lambda r: len(r) >= keys // 2, timeout=120)
+    produce(rt, IN_TOPIC, rounds[1])
+    second = _Proc(rt, kind, tmp_path / "second.log")
+    procs.append(second)
+    produce(rt, IN_TOPIC, [r for rnd in rounds[2:4] for r in rnd])
+    read_all(rt, OUT_TOPIC, until=lambda r: len(r) >= 3 * keys, timeout=180)
+    first.stop()
+    assert first.proc.returncode == 0
+    produce(rt, IN_TOPIC, rounds[4])
+    final = _final_counts(rt, ROUNDS * keys)
+    second.stop()
+    assert Tally(final.values()) == Tally({ROUNDS: keys})
+    assert read_all(rt, f"dlq-{Counter.name}") == []
+    moved = _restore_logs(tmp_path / "second.log")
+    assert {r["partition"] for r in moved} == set(range(rt.partitions))

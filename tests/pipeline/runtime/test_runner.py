@@ -1,0 +1,71 @@
+"""The runner's batch handling without a broker (clients are created but never connect)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from pipeline.runtime.runner import StageRunner
+from pipeline.runtime.stage import Input, Out, Record, Stage
+from pipeline.runtime.store import Store
+from pipeline.settings import load_settings
+
+
+class _Msg:
+    """The part of confluent_kafka.Message the runner reads."""
+
+    def __init__(self, topic: str, partition: int, offset: int) -> None:
+        self._t, self._p, self._o = topic, partition, offset
+
+    def error(self) -> None:
+        return None
+
+    def key(self) -> bytes:
+        return b"k"
+
+    def value(self) -> bytes:
+        return b"v"
+
+    def headers(self) -> None:
+        return None
+
+    def topic(self) -> str:
+        return self._t
+
+    def partition(self) -> int:
+        return self._p
+
+    def offset(self) -> int:
+        return self._o
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, 0)
+
+
+class _Seen(Stage):
+    name = "seen"
+    inputs = (Input("in"),)
+
+    def __init__(self) -> None:
+        self.records: list[Record] = []
+
+    def process(self, records: Sequence[Record], stores: Mapping[tuple[str, int], Store],
+                now_ms: int) -> list[Out]:
+        self.records += records
+        return []
+
+
+def test_a_record_of_a_partition_revoked_during_the_poll_is_left_to_its_new_owner(
+    tmp_path: Path
+):
+    """Regression (found by the pipeline benchmark when a second worker joined): a poll can
+    return a record and revoke its partition in the same call; the runner must neither decide
+    it (its store is gone: it was dead-lettered, i.e. lost) nor commit its offset."""
+    settings = load_settings(kafka_bootstrap_servers="127.0.0.1:1", topic_prefix="t.",
+                             state_dir=str(tmp_path))
+    stage = _Seen()
+    runner = StageRunner(settings, stage)
+    runner._assigned = {("t.in", 0)}
+    runner._process([_Msg("t.in", 0, 5), _Msg("t.in", 1, 9), _Msg("t.in", 0, 6)])
+    assert [(r.partition, r.offset) for r in stage.records] == [(0, 5), (0, 6)]
+    assert runner._positions == {("t.in", 0): 7}
