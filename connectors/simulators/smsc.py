@@ -329,7 +329,9 @@ class SmscSimulator:
             reported = self._ids.render(receipt.number, other=self.config.receipt_ids_other_form)
         submitted = datetime.now(UTC) - _age(rec.at)
         text = receipt_text(reported, receipt.stat, submit=submitted, done=datetime.now(UTC),
-                            err="000" if receipt.stat == "DELIVRD" else "001", text=rec.text)
+                            err="000" if receipt.stat == "DELIVRD" else "001",
+                            # the receipt is latin-1: a UCS-2 text's other characters become ?
+                            text=rec.text.encode("latin-1", "replace").decode("latin-1"))
         tlvs: dict[int, bytes] = {}
         if self.config.receipt_form is ReceiptForm.TLV:
             tlvs = {p.Tag.RECEIPTED_MESSAGE_ID: p.tlv_cstring(reported),
