@@ -87,14 +87,18 @@ class Run:
         self.offered += int(out["sent"])
         return out
 
-    def drain(self, tag: str, expected: int, timeout: float = 300) -> None:
+    def drain(self, tag: str, expected: int, timeout: float = 300) -> int:
+        """Waits until ``expected`` messages of ``tag`` reached the carriers; returns how many
+        never did within ``timeout`` (dead-lettered or lost: reported, never hidden)."""
         deadline = time.monotonic() + timeout
         while self.count(tag) < expected:
             self.r.alive()
             if time.monotonic() > deadline:
-                raise SystemExit(f"{tag}: {self.count(tag)}/{expected} reached the carriers "
-                                 f"in {timeout} s")
+                print(f"  ! {tag}: {self.count(tag)}/{expected} reached the carriers in "
+                      f"{timeout} s", flush=True)
+                return expected - self.count(tag)
             time.sleep(0.5)  # pacing between reads of the simulators' logs
+        return 0
 
 
 def _lag(settings: Settings) -> int:
@@ -176,7 +180,7 @@ def latency(run: Run, rate: float, seconds: float, broker_pid: int | None) -> di
     broker0 = proc_stats(broker_pid)[0] if broker_pid else 0.0
     report = run.offer(rate, seconds, tag)
     n = int(report["sent"])
-    run.drain(tag, n)
+    missing = run.drain(tag, n, timeout=120)
     due = {i: int((report["t0"] + i / rate) * 1000) for i in range(n)}
     submit = [at - due[i] for i, at in run.arrived[tag].items()]
     ids = {message_id_for(m.account_id, m.idempotency_key or ""): i
@@ -188,7 +192,7 @@ def latency(run: Run, rate: float, seconds: float, broker_pid: int | None) -> di
     harness = {k: (v - harness0[k]) * per for k, v in harness1.items()}
     harness["load generator"] = report["cpu_s"] * per
     out: dict[str, Any] = {
-        "rate": rate, "messages": n,
+        "rate": rate, "messages": n, "never_reached_carriers": missing,
         "accept_to_submit": _percentiles(submit),
         "accept_to_final": _percentiles([at - due[ids[mid]] for mid, at in finals.items()]),
         "finals": len(finals),
@@ -273,13 +277,14 @@ def one_shape(bootstrap: str, tmp: Path, broker_pid: int | None, shape: str, wor
                 break
             best = rate
             rate = round(rate * args.growth)
-        for i, s in enumerate(steps):
-            run.drain(f"s{i}", int(s["offered"]), timeout=600)
+        missing = sum(run.drain(f"s{i}", int(s["offered"]), timeout=120)
+                      for i, s in enumerate(steps))
         lat = latency(run, max(50.0, best / 2), args.step_seconds, broker_pid)
         time.sleep(2 * r.settings.commit_interval_s)  # the last checkpoint's changelog records
         records = records_per_message(r.settings, run.offered)
     fastest = max(steps, key=lambda s: s["rate"] * s["sustained"])
     return {"shape": shape, "max_sustained_msg_per_s": best, "steps": steps,
+            "never_reached_carriers": missing + lat["never_reached_carriers"],
             "harness_at_fastest_step": {"rate": fastest["rate"],
                                         **fastest["harness_cpu_us_per_msg"]},
             "at_half_max": lat, "kafka_records_per_msg": records}
@@ -307,6 +312,7 @@ def summarise(results: list[dict[str, Any]]) -> None:
             "max sustained msg/s": ([g["max_sustained_msg_per_s"] for g in got], ".0f"),
             "ratio to baseline": ([g["max_sustained_msg_per_s"] / r["baseline"]["msg_per_s"]
                                    for g, r in zip(got, results, strict=True)], ".3f"),
+            "never reached the carriers": ([g["never_reached_carriers"] for g in got], ".0f"),
             "Kafka records per message": ([g["kafka_records_per_msg"]["total"] for g in got],
                                           ".1f"),
             "Telex CPU µs/msg (all processes)": ([h["telex_cpu_us_per_msg"] for h in half],

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -133,6 +134,29 @@ def _label(pid: int) -> str | None:
     return stage or "topology (batch stages)"
 
 
+def _wait_for_members(settings: Settings, workers: int, timeout: float = 120) -> None:
+    """Until every group of the pipeline has ``workers`` members and is stable: the run
+    measures the steady state, not the start-up rebalances (records in flight while a second
+    worker joins are a correctness matter for the fault suite, not a figure)."""
+    from confluent_kafka import ConsumerGroupState
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient(settings.kafka_config())
+    groups = [settings.topic(s) for s in ("ingest", "ratelimit", "dispatch", "reconcile",
+                                          "status")]
+    deadline = time.monotonic() + timeout
+    while True:
+        described = [f.result() for f in admin.describe_consumer_groups(groups).values()]
+        if all(len(d.members) == workers and d.state == ConsumerGroupState.STABLE
+               for d in described):
+            return
+        if time.monotonic() > deadline:
+            raise SystemExit(f"consumer groups not stable with {workers} members in "
+                             f"{timeout} s: " + ", ".join(
+                                 f"{d.group_id} {len(d.members)} {d.state}" for d in described))
+        time.sleep(0.5)  # pacing between group descriptions; the condition decides
+
+
 def _start(cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """A child that dies with us; a simulator's stdout is piped (it says when it listens)."""
     return subprocess.Popen(cmd, cwd=REPO, env=env,
@@ -201,6 +225,8 @@ def rig(bootstrap: str, tmp: Path, shape: str, workers: int = 1) -> Iterator[Rig
                 proc = _start([*main, "--no-supervise"], worker_env(own))
                 r.procs.append(proc)
                 r.telex[f"worker {w + 1}"] = proc.pid
+        if workers:
+            _wait_for_members(settings, workers)
         yield r
     finally:
         for proc in r.procs:
