@@ -138,7 +138,7 @@ def _wait_for_members(settings: Settings, workers: int, timeout: float = 120) ->
     """Until every group of the pipeline has ``workers`` members and is stable: the run
     measures the steady state, not the start-up rebalances (records in flight while a second
     worker joins are a correctness matter for the fault suite, not a figure)."""
-    from confluent_kafka import ConsumerGroupState
+    from confluent_kafka import ConsumerGroupState, KafkaException
     from confluent_kafka.admin import AdminClient
 
     admin = AdminClient(settings.kafka_config())
@@ -146,8 +146,12 @@ def _wait_for_members(settings: Settings, workers: int, timeout: float = 120) ->
                                           "status")]
     deadline = time.monotonic() + timeout
     while True:
-        described = [f.result() for f in admin.describe_consumer_groups(groups).values()]
-        if all(len(d.members) == workers and d.state == ConsumerGroupState.STABLE
+        try:
+            described = [f.result() for f in admin.describe_consumer_groups(
+                groups, request_timeout=10).values()]
+        except KafkaException:  # the coordinator is still loading: ask again
+            described = []
+        if described and all(len(d.members) == workers and d.state == ConsumerGroupState.STABLE
                for d in described):
             return
         if time.monotonic() > deadline:
