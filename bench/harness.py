@@ -28,13 +28,15 @@ def proc_stats(pid: int) -> tuple[float, int]:
 
 
 @contextmanager
-def local_broker(prefix: str) -> Iterator[tuple[str, Path]]:
-    """(bootstrap, scratch dir): KAFKA_BOOTSTRAP_SERVERS if set, else a fresh local broker."""
+def local_broker(prefix: str) -> Iterator[tuple[str, Path, int | None]]:
+    """(bootstrap, scratch dir, broker pid): KAFKA_BOOTSTRAP_SERVERS if set (no pid), else a
+    fresh local broker."""
     with TemporaryDirectory(prefix=prefix) as tmp:
         existing = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
         broker = None if existing else DevBroker(Path(tmp) / "kafka", die_with_parent=True)
         try:
-            yield existing or broker.start(), Path(tmp)  # type: ignore[union-attr]
+            bootstrap = existing or broker.start()  # type: ignore[union-attr]
+            yield bootstrap, Path(tmp), broker.pid if broker else None
         finally:
             if broker is not None:
                 broker.stop()
@@ -42,7 +44,7 @@ def local_broker(prefix: str) -> Iterator[tuple[str, Path]]:
 
 def runs(count: int, one: Callable[[str, Path], T], prefix: str) -> list[T]:
     """``count`` runs of ``one(bootstrap, scratch)`` on one broker."""
-    with local_broker(prefix) as (bootstrap, tmp):
+    with local_broker(prefix) as (bootstrap, tmp, _):
         return [one(bootstrap, tmp) for _ in range(count)]
 
 

@@ -22,6 +22,7 @@ import secrets
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -54,6 +55,12 @@ class HttpChannelConfig:
     outcomes: Mapping[str, float] = field(default_factory=lambda: {"read": 1.0})
     failed_code: int = 131026  # error code of "failed" statuses
     seed: int | None = None
+    # Append "<wall ms> <text body>" per accepted send here (benchmarks: latency measured
+    # where the carrier receives the message); block-buffered, flushed every 100 ms.
+    submit_log: str | None = None
+    # Keep only the last N send and webhook records (None: all, as tests read them).
+    keep_records: int | None = None
+    webhook_batch: int = 1  # statuses due together leave in one POST, up to this many
 
 
 @dataclass(slots=True)
@@ -123,12 +130,18 @@ class HttpChannelSimulator:
                  faults: HttpFaults | None = None) -> None:
         self.config = config or HttpChannelConfig()
         self.faults = faults or HttpFaults()
-        self.sends: list[SendRecord] = []
+        keep = self.config.keep_records
+        self.sends: deque[SendRecord] | list[SendRecord] = (
+            deque(maxlen=keep) if keep is not None else [])
+        self.send_count = 0
+        self._log = open(self.config.submit_log, "a") if self.config.submit_log else None  # noqa: SIM115
+        self._log_stop = threading.Event()
         self._rng = random.Random(self.config.seed)
         self._lock = threading.Lock()
         self._bucket = (TokenBucket(self.config.max_requests_per_s)
                         if self.config.max_requests_per_s else None)
-        self._webhooks = WebhookSender(self.config.callback_url, self.config.app_secret)
+        self._webhooks = WebhookSender(self.config.callback_url, self.config.app_secret,
+                                       keep_records=keep, batch=self.config.webhook_batch)
         self._server = _Server((self.config.host, self.config.port), _handler(self))
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
                                         name="http-channel-simulator", daemon=True)
@@ -152,6 +165,8 @@ class HttpChannelSimulator:
     def start(self) -> HttpChannelSimulator:
         self._thread.start()
         self._webhooks.start()
+        if self._log is not None:
+            threading.Thread(target=self._flush_log, name="submit-log", daemon=True).start()
         return self
 
     def stop(self) -> None:
@@ -159,6 +174,16 @@ class HttpChannelSimulator:
         self._server.server_close()
         self._thread.join(5)
         self._webhooks.stop()
+        self._log_stop.set()
+        if self._log is not None:
+            with self._lock:
+                self._log.close()
+
+    def _flush_log(self) -> None:
+        while not self._log_stop.wait(0.1):
+            with self._lock:
+                if self._log is not None and not self._log.closed:
+                    self._log.flush()
 
     def __enter__(self) -> HttpChannelSimulator:
         return self.start()
@@ -194,6 +219,9 @@ class HttpChannelSimulator:
             self.sends.append(SendRecord(time.monotonic(), phone_number_id, to, body,
                                          opaque if isinstance(opaque, str) else None, wamid,
                                          status, plan))
+            self.send_count += 1
+            if self._log is not None and wamid is not None:
+                self._log.write(f"{time.time_ns() // 1_000_000} {body}\n")
         # Early statuses go out from this handler thread, outside the lock, before the caller
         # writes the response: the receiver has seen (and answered) them before the sender
         # learns the wamid.
@@ -337,6 +365,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--outcome", action="append", default=[], metavar="STATUS:WEIGHT",
                     help="status outcome mix, e.g. read:0.8 failed:0.2 (default read:1)")
     ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--submit-log", default=None, metavar="PATH",
+                    help="append '<wall ms> <text>' per accepted send (benchmarks)")
+    ap.add_argument("--keep-records", type=int, default=10_000, metavar="N",
+                    help="records of sends and webhooks kept in memory (the last N)")
+    ap.add_argument("--webhook-batch", type=int, default=1, metavar="N",
+                    help="statuses due together leave in one POST, up to N")
     ap.add_argument("--duplicate-receipt-rate", "--duplicate-status-rate", type=float,
                     default=0.0)
     ap.add_argument("--reorder-rate", type=float, default=0.0)
@@ -355,7 +389,8 @@ def main(argv: list[str] | None = None) -> None:
     config = HttpChannelConfig(
         host=a.host, port=a.port, access_token=a.access_token, app_secret=a.app_secret,
         callback_url=a.callback_url, latency_s=a.latency_ms / 1000, max_requests_per_s=a.max_rate,
-        status_delay_s=a.status_delay_ms / 1000, outcomes=outcomes, seed=a.seed)
+        status_delay_s=a.status_delay_ms / 1000, outcomes=outcomes, seed=a.seed,
+        submit_log=a.submit_log, keep_records=a.keep_records, webhook_batch=a.webhook_batch)
     faults = HttpFaults(throttle_rate=a.throttle_rate, server_error_rate=a.server_error_rate,
                         duplicate_receipt_rate=a.duplicate_receipt_rate,
                         reorder_rate=a.reorder_rate, early_receipt_rate=a.early_receipt_rate,

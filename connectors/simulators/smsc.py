@@ -19,8 +19,9 @@ import asyncio
 import contextlib
 import random
 import signal
+import struct
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TextIO
@@ -42,6 +43,7 @@ from connectors.smpp.receipt import MESSAGE_STATES, receipt_text
 
 _STATE_OF_STAT = {stat: state for state, stat in MESSAGE_STATES.items()}
 _BINDS = (p.BindTransceiver, p.BindTransmitter, p.BindReceiver)
+_HEADER = struct.Struct(">IIII")
 
 
 @dataclass(slots=True, eq=False)  # identity-hashed: sessions live in a set
@@ -55,9 +57,12 @@ class _Session:
 
     def send(self, pdu: p.Pdu) -> None:
         """Queue ``pdu``; a loop iteration's PDUs leave in one write, as a busy SMSC's do."""
+        self.send_raw(p.encode(pdu))
+
+    def send_raw(self, frame: bytes) -> None:
         if not self.out:
             asyncio.get_running_loop().call_soon(self.flush)
-        self.out.append(p.encode(pdu))
+        self.out.append(frame)
 
     def flush(self) -> None:
         out, self.out = self.out, []
@@ -86,8 +91,13 @@ class SmscSimulator:
     def __init__(self, config: SmscConfig | None = None, faults: Faults | None = None) -> None:
         self.config = config or SmscConfig()
         self.faults = faults or Faults()
-        self.submits: list[SubmitRecord] = []
-        self.receipts_sent: list[ReceiptRecord] = []
+        # Bounded when ``keep_records`` is set: a long-running simulator must not grow.
+        keep = self.config.keep_records
+        self.submits: deque[SubmitRecord] | list[SubmitRecord] = (
+            deque(maxlen=keep) if keep is not None else [])
+        self.receipts_sent: deque[ReceiptRecord] | list[ReceiptRecord] = (
+            deque(maxlen=keep) if keep is not None else [])
+        self.submit_count = 0
         self.binds = 0
         self.enquire_links = 0
         self._decide = Decider(self.config, self.faults)
@@ -115,8 +125,16 @@ class SmscSimulator:
 
     async def start(self) -> None:
         if self.config.submit_log:
-            self._submit_log = open(self.config.submit_log, "a", buffering=1)  # noqa: SIM115
+            # Block-buffered and flushed every 100 ms: a write per submit costs the simulator
+            # more than the submit itself at thousands per second.
+            self._submit_log = open(self.config.submit_log, "a")  # noqa: SIM115
+            self._flush_log()
         self._server = await asyncio.start_server(self._serve, self.config.host, self.config.port)
+
+    def _flush_log(self) -> None:
+        if self._submit_log is not None and not self._submit_log.closed:
+            self._submit_log.flush()
+            asyncio.get_running_loop().call_later(0.1, self._flush_log)
 
     async def stop(self) -> None:
         self._stopped = True
@@ -154,20 +172,42 @@ class SmscSimulator:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         session = _Session(writer)
         self._sessions.add(session)
+        buffer = b""
         try:
+            # Whatever has arrived is read at once and split into frames here: two awaits per
+            # PDU (length, then body) cost more than the PDU's handling.
             while not self._stopped:
-                self._on_pdu(session, await p.read_pdu(reader))
-        except (asyncio.IncompleteReadError, ConnectionError, p.PduError):
+                data = await reader.read(1 << 16)
+                if not data:
+                    break
+                buffer = self._on_data(session, buffer + data if buffer else data)
+        except (ConnectionError, p.PduError):
             pass
         finally:
             self._sessions.discard(session)
             writer.transport.abort()
 
+    def _on_data(self, session: _Session, data: bytes) -> bytes:
+        """Handle every complete frame of ``data``; returns the incomplete rest."""
+        offset, size = 0, len(data)
+        while size - offset >= 16 and not self._stopped:
+            length, command_id, status, seq = _HEADER.unpack_from(data, offset)
+            if not 16 <= length <= p.MAX_PDU:
+                raise p.PduError(f"command_length {length} outside 16..{p.MAX_PDU}")
+            if size - offset < length:
+                break
+            if command_id == p.CommandId.DELIVER_SM_RESP:  # the commonest PDU: no decoding
+                self._on_deliver_resp(session, seq, status)
+            else:
+                self._on_pdu(session, p.decode(data[offset:offset + length]))
+            offset += length
+        return data[offset:]
+
     def _on_pdu(self, session: _Session, pdu: p.Pdu) -> None:
         if isinstance(pdu, p.SubmitSm):
             self._on_submit(session, pdu)
         elif isinstance(pdu, p.DeliverSmResp):
-            self._on_deliver_resp(session, pdu)
+            self._on_deliver_resp(session, pdu.sequence, pdu.status)
         elif isinstance(pdu, p.EnquireLink):
             self.enquire_links += 1
             if not self.faults.ignore_enquire_link:
@@ -218,6 +258,7 @@ class SmscSimulator:
             plan = self._plan(message_id, self._decide.outcome())
         record = _record(session.system_id, pdu, status, message_id, plan)
         self.submits.append(record)
+        self.submit_count += 1
         if self._submit_log is not None:
             self._submit_log.write(f"{time.time_ns() // 1_000_000} {record.text}\n")
         if drop:
@@ -225,7 +266,7 @@ class SmscSimulator:
             return
         if status is None:
             return
-        resp = p.SubmitSmResp(sequence=pdu.sequence, status=status, message_id=message_id or "")
+        resp = _submit_resp(pdu.sequence, status, message_id)
         loop = asyncio.get_running_loop()
         receipts = self._receipts(session.system_id, number, record, plan) if plan else []
         if plan and plan.early:
@@ -234,9 +275,9 @@ class SmscSimulator:
             self._send_receipts([r for r in receipts if not r.unknown])
             receipts = [r for r in receipts if r.unknown]
         if self.config.latency_s > 0:
-            loop.call_later(self.config.latency_s, session.send, resp)
+            loop.call_later(self.config.latency_s, session.send_raw, resp)
         else:
-            session.send(resp)
+            session.send_raw(resp)
         if receipts:
             # One callback for the whole sequence: timers due at the same instant have no
             # guaranteed order, and out-of-order receipts must leave in the planned order.
@@ -288,7 +329,9 @@ class SmscSimulator:
             reported = self._ids.render(receipt.number, other=self.config.receipt_ids_other_form)
         submitted = datetime.now(UTC) - _age(rec.at)
         text = receipt_text(reported, receipt.stat, submit=submitted, done=datetime.now(UTC),
-                            err="000" if receipt.stat == "DELIVRD" else "001", text=rec.text)
+                            err="000" if receipt.stat == "DELIVRD" else "001",
+                            # the receipt is latin-1: a UCS-2 text's other characters become ?
+                            text=rec.text.encode("latin-1", "replace").decode("latin-1"))
         tlvs: dict[int, bytes] = {}
         if self.config.receipt_form is ReceiptForm.TLV:
             tlvs = {p.Tag.RECEIPTED_MESSAGE_ID: p.tlv_cstring(reported),
@@ -302,11 +345,19 @@ class SmscSimulator:
                                                 receipt.stat, receipt.duplicate,
                                                 early=receipt.early, unknown=receipt.unknown))
 
-    def _on_deliver_resp(self, session: _Session, pdu: p.Pdu) -> None:
-        receipt = session.outstanding.pop(pdu.sequence, None)
-        if receipt is not None and pdu.status != p.Status.ESME_ROK:
+    def _on_deliver_resp(self, session: _Session, sequence: int, status: int) -> None:
+        receipt = session.outstanding.pop(sequence, None)
+        if receipt is not None and status != p.Status.ESME_ROK:
             asyncio.get_running_loop().call_later(
                 self.config.receipt_retry_s, self._send_receipt, receipt)
+
+
+def _submit_resp(sequence: int, status: int, message_id: str | None) -> bytes:
+    """submit_sm_resp wire bytes (what ``p.encode(p.SubmitSmResp(...))`` gives, cheaper)."""
+    if status != p.Status.ESME_ROK:  # a failed response carries no body
+        return _HEADER.pack(16, p.CommandId.SUBMIT_SM_RESP, status, sequence)
+    body = (message_id or "").encode("latin-1") + b"\x00"
+    return _HEADER.pack(16 + len(body), p.CommandId.SUBMIT_SM_RESP, status, sequence) + body
 
 
 def _age(monotonic_at: float) -> timedelta:
@@ -361,6 +412,8 @@ def _parse_args(argv: list[str] | None) -> tuple[SmscConfig, Faults]:
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--submit-log", default=None, metavar="PATH",
                     help="append '<wall ms> <text>' per submit_sm (benchmarks)")
+    ap.add_argument("--keep-records", type=int, default=10_000, metavar="N",
+                    help="records of submits and receipts kept in memory (the last N)")
     a = ap.parse_args(argv)
     accounts = dict(x.split(":", 1) for x in a.account) or {"telex": "secret"}
     outcomes = {k: float(v) for k, v in (x.split(":", 1) for x in a.outcome)} or {"DELIVRD": 1.0}
@@ -369,7 +422,7 @@ def _parse_args(argv: list[str] | None) -> tuple[SmscConfig, Faults]:
         receipt_ids_other_form=a.receipt_ids_other_form, receipt_form=ReceiptForm(a.receipt_form),
         receipt_delay_s=a.receipt_delay_ms / 1000, outcomes=outcomes,
         latency_s=a.latency_ms / 1000, max_submits_per_s=a.max_rate, seed=a.seed,
-        submit_log=a.submit_log)
+        submit_log=a.submit_log, keep_records=a.keep_records)
     faults = Faults(throttle_rate=a.throttle_rate, reject_rate=a.reject_rate,
                     no_response_rate=a.no_response_rate,
                     duplicate_receipt_rate=a.duplicate_receipt_rate,
@@ -388,7 +441,7 @@ async def _main(config: SmscConfig, faults: Faults) -> None:
     async with SmscSimulator(config, faults) as smsc:
         print(f"smsc listening on {config.host}:{smsc.port}", flush=True)
         await stop.wait()
-        print(f"smsc stopping after {len(smsc.submits)} submit_sm", flush=True)
+        print(f"smsc stopping after {smsc.submit_count} submit_sm", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:

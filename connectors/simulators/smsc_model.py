@@ -47,6 +47,10 @@ class SmscConfig:
     # Append "<wall ms> <text>" per submit_sm here (line-buffered), so a benchmark running the
     # simulator as its own process measures latency where the carrier receives the message.
     submit_log: str | None = None
+    # Keep only the last N submit and receipt records (None: all, as tests read them). A
+    # simulator process runs bounded: records are ~1 KB each, so a soak at a few hundred
+    # messages per second would otherwise grow by hundreds of MB an hour.
+    keep_records: int | None = None
 
 
 @dataclass(slots=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from connectors.simulators.smsc import SmscSimulator
@@ -42,11 +42,11 @@ class ThreadedSmsc:
         return self.simulator.port
 
     @property
-    def submits(self) -> list[SubmitRecord]:
+    def submits(self) -> Sequence[SubmitRecord]:
         return self.simulator.submits
 
     @property
-    def receipts_sent(self) -> list[ReceiptRecord]:
+    def receipts_sent(self) -> Sequence[ReceiptRecord]:
         return self.simulator.receipts_sent
 
     @property

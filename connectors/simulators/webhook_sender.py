@@ -2,19 +2,26 @@
 
 A heap ordered by due time and a condition variable: the thread waits exactly until the next
 webhook is due or a new one is scheduled, so delays are honoured without polling.
+
+One keep-alive connection to the receiver (a connect per webhook costs more than the webhook).
+With ``batch`` > 1, statuses due at the same time leave in one POST (up to ``batch`` statuses
+in ``entry[0].changes[0].value.statuses``, as Meta batches them under load); a badly signed one
+always leaves alone.
 """
 
 from __future__ import annotations
 
+import copy
 import heapq
+import http.client
 import itertools
 import json
 import threading
 import time
-import urllib.error
-import urllib.request
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from connectors.http_channel.webhook import SIGNATURE_HEADER, sign
 
@@ -40,16 +47,18 @@ class _Job:
 
 
 class WebhookSender:
-    def __init__(self, url: str | None, app_secret: str, timeout_s: float = 5.0) -> None:
-        self.url, self._secret, self._timeout = url, app_secret, timeout_s
-        self.sent: list[WebhookRecord] = []
+    def __init__(self, url: str | None, app_secret: str, timeout_s: float = 5.0, *,
+                 keep_records: int | None = None, batch: int = 1) -> None:
+        self.url, self._secret, self._timeout, self._batch = url, app_secret, timeout_s, batch
+        self.sent: deque[WebhookRecord] | list[WebhookRecord] = (
+            deque(maxlen=keep_records) if keep_records is not None else [])
+        self._conn: http.client.HTTPConnection | None = None
+        self._conn_lock = threading.Lock()  # post_now runs on handler threads
         self._heap: list[tuple[float, int, _Job]] = []
         self._order = itertools.count()
         self._cond = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="webhook-sender", daemon=True)
-        # Loopback only: never route a simulated webhook through an environment proxy.
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
     def start(self) -> None:
         if self.url is not None:
@@ -74,7 +83,7 @@ class WebhookSender:
                  *, bad_signature: bool = False, early: bool = False) -> None:
         """POST from the calling thread and return once the receiver answered."""
         if self.url is not None:
-            self._post(_Job(payload, wamid, status, bad_signature, False), early=early)
+            self._post([_Job(payload, wamid, status, bad_signature, False)], early=early)
 
     def _run(self) -> None:
         while True:
@@ -85,23 +94,52 @@ class WebhookSender:
                     self._cond.wait(timeout)
                 if self._stopping:
                     return
-                _, _, job = heapq.heappop(self._heap)
-            self._post(job)
+                jobs = [heapq.heappop(self._heap)[2]]
+                now = time.monotonic()
+                while (len(jobs) < self._batch and self._heap and self._heap[0][0] <= now
+                       and not jobs[0].bad_signature and not self._heap[0][2].bad_signature):
+                    jobs.append(heapq.heappop(self._heap)[2])
+            self._post(jobs)
 
-    def _post(self, job: _Job, *, early: bool = False) -> None:
+    def _post(self, jobs: list[_Job], *, early: bool = False) -> None:
         assert self.url is not None
-        body = json.dumps(job.payload).encode()
-        signature = sign(body, self._secret + ("-wrong" if job.bad_signature else ""))
-        request = urllib.request.Request(
-            self.url, data=body, method="POST",
-            headers={"Content-Type": "application/json", SIGNATURE_HEADER: signature})
-        try:
-            with self._opener.open(request, timeout=self._timeout) as resp:
-                code = resp.status
-        except urllib.error.HTTPError as exc:
-            code = exc.code
-            exc.close()
-        except (urllib.error.URLError, OSError):
-            code = 0
-        self.sent.append(WebhookRecord(time.monotonic(), job.wamid, job.status,
-                                       job.bad_signature, code, early, job.unknown))
+        payload = jobs[0].payload
+        if len(jobs) > 1:
+            payload = copy.deepcopy(payload)
+            statuses = payload["entry"][0]["changes"][0]["value"]["statuses"]
+            for job in jobs[1:]:
+                statuses += job.payload["entry"][0]["changes"][0]["value"]["statuses"]
+        body = json.dumps(payload).encode()
+        signature = sign(body, self._secret + ("-wrong" if jobs[0].bad_signature else ""))
+        headers = {"Content-Type": "application/json", SIGNATURE_HEADER: signature}
+        with self._conn_lock:
+            code = self._request(body, headers)
+        at = time.monotonic()
+        for job in jobs:
+            self.sent.append(WebhookRecord(at, job.wamid, job.status, job.bad_signature, code,
+                                           early, job.unknown))
+
+    def _request(self, body: bytes, headers: dict[str, str]) -> int:
+        """POST on the kept-alive connection; a stale one (closed by the receiver while idle)
+        is replaced once. Returns the HTTP status, 0 when the receiver cannot be reached."""
+        assert self.url is not None
+        url = urlsplit(self.url)
+        for attempt in (0, 1):
+            reused = self._conn is not None
+            if self._conn is None:
+                self._conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port,
+                                                        timeout=self._timeout)
+            try:
+                self._conn.request("POST", url.path or "/", body=body, headers=headers)
+                resp = self._conn.getresponse()
+                resp.read()
+                if resp.will_close:
+                    self._conn.close()
+                    self._conn = None
+                return resp.status
+            except (OSError, http.client.HTTPException):
+                self._conn.close()
+                self._conn = None
+                if not reused or attempt:
+                    return 0
+        return 0
