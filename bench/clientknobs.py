@@ -287,6 +287,28 @@ def print_table(results: dict[str, dict[str, list[dict[str, float]]]]) -> None:
                                            for m in METRICS))
 
 
+def fit(results: dict[str, dict[str, list[dict[str, float]]]], workload: str) -> None:
+    """Broker CPU per message against requests per message, pooled over every run of every
+    variant: the slope is the broker's cost of one request, whatever knob caused it. On a box
+    whose load moves batch sizes run to run, this is steadier than any one variant's median."""
+    runs = [r for w in results.values() for r in w.get(workload, [])]
+    if len(runs) < 3:
+        return
+    for x_name in ("produce_req_per_msg", "requests_per_msg"):
+        xs = [r["produce_req_per_msg"] + (r["fetch_req_per_msg"] if x_name != "produce_req_per_msg"
+                                          else 0) for r in runs]
+        ys = [r["broker_cpu_us"] for r in runs]
+        slope, intercept = statistics.linear_regression(xs, ys)
+        corr = statistics.correlation(xs, ys)
+        print(f"{workload}: broker_cpu_us/msg = {intercept:.0f} + {slope:.0f} x {x_name} "
+              f"(r={corr:.2f}, {len(runs)} runs)")
+    xs = [r["produce_req_per_msg"] for r in runs]
+    ys = [r["stage_cpu_us"] for r in runs]
+    slope, intercept = statistics.linear_regression(xs, ys)
+    print(f"{workload}: stage_cpu_us/msg = {intercept:.0f} + {slope:.0f} x produce_req_per_msg "
+          f"(r={statistics.correlation(xs, ys):.2f})")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", default=",".join(VARIANTS))
@@ -302,7 +324,15 @@ def main() -> int:
                         help="discarded runs on each fresh broker (JIT warm-up; default 1)")
     parser.add_argument("--workdir", type=Path, help="where brokers keep data (default /tmp)")
     parser.add_argument("--json", type=Path, help="also write every run to this file")
+    parser.add_argument("--fit", type=Path,
+                        help="only print the request-cost fit of a --json file of earlier runs")
     args = parser.parse_args()
+    if args.fit:
+        earlier = json.loads(args.fit.read_text())
+        print_table(earlier)
+        for w in ("ingest", "chain"):
+            fit(earlier, w)
+        return 0
     names = args.variants.split(",")
     workloads = args.workloads.split(",")
     rates = {"ingest": args.ingest_rate, "chain": args.chain_rate}
@@ -335,6 +365,8 @@ def main() -> int:
     print(f"\n{args.messages} messages per run; ingest rate {args.ingest_rate or 'drain'}, "
           f"chain rate {args.chain_rate or 'drain'} msg/s over {args.hops} hops")
     print_table(results)
+    for w in workloads:
+        fit(results, w)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0
