@@ -182,6 +182,11 @@ def one_run(broker: DevBroker, tmp: Path, variant: Variant, workload: str, n: in
         specs = [replace(s, configs={**s.configs, **variant.topic}) for s in catalogue(settings)]
         in_short, out_short = "message-requested", "message-accepted"
         cmds = [[sys.executable, "-m", "bench.knobstage", "ingest"]]
+    elif workload == "produce":  # the feeder and the reader alone: the broker's own cost
+        specs = [TopicSpec(settings.topic("hop0"), "stream", variant.partitions, 1,
+                           {"cleanup.policy": "delete", **variant.topic})]
+        in_short = out_short = "hop0"
+        cmds = []
     else:
         specs = [TopicSpec(settings.topic(f"hop{i}"), "stream", variant.partitions, 1,
                            {"cleanup.policy": "delete", **variant.topic})
@@ -276,7 +281,7 @@ METRICS = ("stage_cpu_us", "broker_cpu_us", "rec_per_produce", "produce_req_per_
 
 
 def print_table(results: dict[str, dict[str, list[dict[str, float]]]]) -> None:
-    for workload in ("ingest", "chain"):
+    for workload in ("ingest", "chain", "produce"):
         rows = {v: w[workload] for v, w in results.items() if w.get(workload)}
         if not rows:
             continue
@@ -319,7 +324,9 @@ def main() -> int:
     parser.add_argument("--chain-rate", type=float, default=1000,
                         help="msg/s fed to the chain; 0 = backlog drain (default 1000)")
     parser.add_argument("--hops", type=int, default=4)
-    parser.add_argument("--workloads", default="ingest,chain")
+    parser.add_argument("--workloads", default="ingest,chain",
+                        help="ingest, chain, produce (feeder and reader only: broker cost)")
+    parser.add_argument("--produce-rate", type=float, default=0)
     parser.add_argument("--warmup-runs", type=int, default=1,
                         help="discarded runs on each fresh broker (JIT warm-up; default 1)")
     parser.add_argument("--workdir", type=Path, help="where brokers keep data (default /tmp)")
@@ -330,12 +337,13 @@ def main() -> int:
     if args.fit:
         earlier = json.loads(args.fit.read_text())
         print_table(earlier)
-        for w in ("ingest", "chain"):
+        for w in ("ingest", "chain", "produce"):
             fit(earlier, w)
         return 0
     names = args.variants.split(",")
     workloads = args.workloads.split(",")
-    rates = {"ingest": args.ingest_rate, "chain": args.chain_rate}
+    rates = {"ingest": args.ingest_rate, "chain": args.chain_rate,
+             "produce": args.produce_rate}
     results: dict[str, dict[str, list[dict[str, float]]]] = {
         v: {w: [] for w in workloads} for v in names}
     groups: dict[str, list[str]] = {}
