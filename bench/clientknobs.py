@@ -299,6 +299,8 @@ def fit(results: dict[str, dict[str, list[dict[str, float]]]], workload: str) ->
     runs = [r for w in results.values() for r in w.get(workload, [])]
     if len(runs) < 3:
         return
+    if len({r["produce_req_per_msg"] for r in runs}) < 2:
+        return
     for x_name in ("produce_req_per_msg", "requests_per_msg"):
         xs = [r["produce_req_per_msg"] + (r["fetch_req_per_msg"] if x_name != "produce_req_per_msg"
                                           else 0) for r in runs]
@@ -309,6 +311,8 @@ def fit(results: dict[str, dict[str, list[dict[str, float]]]], workload: str) ->
               f"(r={corr:.2f}, {len(runs)} runs)")
     xs = [r["produce_req_per_msg"] for r in runs]
     ys = [r["stage_cpu_us"] for r in runs]
+    if len(set(ys)) < 2:  # the produce workload has no stage processes
+        return
     slope, intercept = statistics.linear_regression(xs, ys)
     print(f"{workload}: stage_cpu_us/msg = {intercept:.0f} + {slope:.0f} x produce_req_per_msg "
           f"(r={statistics.correlation(xs, ys):.2f})")
