@@ -219,3 +219,13 @@ def test_cli_start_status_stop(tmp_path: Path) -> None:
         leftover = DevBroker.from_state(tmp_path)
         if leftover is not None:
             leftover.stop()
+
+
+def test_config_overrides_server_properties(tmp_path: Path) -> None:
+    """config= entries replace the built-in ones and add new ones in server.properties."""
+    broker = DevBroker(data_dir=tmp_path, port=1, controller_port=2,
+                       config={"num.io.threads": "7", "message.max.bytes": "2000000"})
+    broker._write_config()
+    lines = (tmp_path / "server.properties").read_text().splitlines()
+    assert "num.io.threads=7" in lines and "message.max.bytes=2000000" in lines
+    assert sum(line.startswith("num.io.threads=") for line in lines) == 1

@@ -58,3 +58,13 @@ def test_to_env_round_trips(monkeypatch: pytest.MonkeyPatch):
     for key, value in original.to_env().items():
         monkeypatch.setenv(key, value)
     assert load_settings() == original
+
+
+def test_runtime_clients_keep_the_producer_guarantees():
+    """The batch runtime's tuned producer is still idempotent with acks=all and murmur2, and
+    its consumer still commits manually."""
+    s = load_settings()
+    producer = s.runtime_producer_config()
+    assert producer["enable.idempotence"] is True and producer["acks"] == "all"
+    assert producer["partitioner"] == "murmur2"
+    assert s.runtime_consumer_config("g")["enable.auto.commit"] is False

@@ -11,7 +11,7 @@ import uuid
 
 from confluent_kafka import Producer
 
-from pipeline.settings import Settings
+from pipeline.settings import Settings, load_settings
 from pipeline.topics import (
     COMPACTED,
     TopicSpec,
@@ -97,3 +97,9 @@ def test_compacted_topic_keeps_latest_value_per_key(settings: Settings):
             return
         time.sleep(0.5)  # pacing between probes; readiness is the condition above
     raise AssertionError(f"key k still has values {values} after 90 s")
+
+
+def test_every_topic_keeps_the_producers_codec():
+    """Every catalogue topic pins compression.type=producer, so no broker default makes the
+    broker re-compress what producers send."""
+    assert {s.configs["compression.type"] for s in catalogue(load_settings())} == {"producer"}
