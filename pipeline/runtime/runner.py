@@ -35,7 +35,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from confluent_kafka import (
@@ -61,6 +61,7 @@ from pipeline.runtime.stage import Out, Record, Stage, StoreSpec
 from pipeline.runtime.store import DiskStore, MemoryStore, Store
 from pipeline.settings import Settings
 
+T = TypeVar("T")
 H_SOURCE_OFFSET = "telex.changelog.source_offset"
 _SWEEP_LIMIT = 200_000
 
@@ -245,8 +246,9 @@ class StageRunner:
             if not isinstance(store, DiskStore):
                 store.checkpointed(None)
         for store, changelog in disk:
-            _, high = self._consumer.get_watermark_offsets(
-                TopicPartition(changelog, store.partition), timeout=10, cached=False)
+            _, high = _retrying(lambda c=changelog, p=store.partition:
+                                self._consumer.get_watermark_offsets(
+                                    TopicPartition(c, p), timeout=10, cached=False))
             store.checkpointed(high)
         self._uncommitted = 0
         self._changelog_metric.inc(changed)
@@ -299,8 +301,8 @@ class StageRunner:
         store = self._open(spec, tp.partition)
         changelog = TopicPartition(changelog_topic(self.settings, self.stage.name, spec.name),
                                    tp.partition)
-        committed = self._consumer.committed([TopicPartition(tp.topic, tp.partition)],
-                                             timeout=30)[0].offset
+        committed = _retrying(lambda: self._consumer.committed(
+            [TopicPartition(tp.topic, tp.partition)], timeout=30)[0].offset)
         applied, skipped = restore(store, self._restorer_consumer(), changelog, committed)
         seconds = time.perf_counter() - started
         RUNTIME_RESTORED_KEYS.labels(self.stage.name, spec.name).inc(applied)
@@ -325,7 +327,8 @@ def restore(store: Store, restorer: Consumer, changelog: TopicPartition,
     """Replay ``changelog`` into ``store`` from the store's local checkpoint (or the start) to
     the partition's end; records headed with an input offset beyond ``committed`` are skipped.
     Returns (records applied, records skipped)."""
-    low, high = restorer.get_watermark_offsets(changelog, timeout=30, cached=False)
+    low, high = _retrying(
+        lambda: restorer.get_watermark_offsets(changelog, timeout=30, cached=False))
     start = store.restore_from()
     start = low if start is None or start < low else start
     applied = skipped = 0
@@ -368,6 +371,33 @@ class _TopicNames(dict[str, str]):
     def __missing__(self, name: str) -> str:
         full = self[name] = self._prefix + name
         return full
+
+
+def _retrying(call: Callable[[], T], deadline_s: float = 60.0) -> T:
+    """``call()``, repeated while it fails with a retriable broker error (a just-created
+    changelog whose leader is not elected yet, a coordinator still loading), up to a deadline;
+    then the error stops the worker and its supervisor restarts it."""
+    deadline = time.monotonic() + deadline_s
+    delay = 0.05
+    while True:
+        try:
+            return call()
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            retriable = isinstance(err, KafkaError) and (
+                err.retriable() or err.code() in _RETRIABLE_CODES)
+            if not retriable or time.monotonic() + delay > deadline:
+                raise
+            _log.info("broker_call_retried", error=str(exc))
+            time.sleep(delay)  # backoff between attempts; bounded by the deadline above
+            delay = min(1.0, delay * 2)
+
+
+_RETRIABLE_CODES = frozenset({
+    KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.COORDINATOR_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._TIMED_OUT, KafkaError.REQUEST_TIMED_OUT,
+})
 
 
 def _header(headers: Any, name: str) -> bytes | None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import pytest
+
 from pipeline.runtime.runner import StageRunner
 from pipeline.runtime.stage import Input, Out, Record, Stage
 from pipeline.runtime.store import Store
@@ -69,3 +71,30 @@ def test_a_record_of_a_partition_revoked_during_the_poll_is_left_to_its_new_owne
     runner._process([_Msg("t.in", 0, 5), _Msg("t.in", 1, 9), _Msg("t.in", 0, 6)])
     assert [(r.partition, r.offset) for r in stage.records] == [(0, 5), (0, 6)]
     assert runner._positions == {("t.in", 0): 7}
+
+
+def test_a_broker_call_is_retried_while_the_leader_is_not_elected():
+    """Regression (seen restoring a just-created changelog): NOT_LEADER_FOR_PARTITION is
+    retried until the call succeeds; a non-retriable error is raised at once."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    from pipeline.runtime.runner import _retrying
+
+    calls = []
+
+    def flaky() -> int:
+        calls.append(1)
+        if len(calls) < 3:
+            raise KafkaException(KafkaError(KafkaError.NOT_LEADER_FOR_PARTITION))
+        return 42
+
+    assert _retrying(flaky) == 42 and len(calls) == 3
+
+    def denied() -> int:
+        calls.append(1)
+        raise KafkaException(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED))
+
+    calls.clear()
+    with pytest.raises(KafkaException):
+        _retrying(denied)
+    assert len(calls) == 1
