@@ -120,6 +120,14 @@ class Scheduler:
     def stop(self) -> None:
         self._running = False
 
+    def buffered(self) -> int:
+        """Records held in memory (waiting in a partition, a timer or a pace queue)."""
+        return sum(len(p.records) + len(p.held) for p in list(self._parts.values()))
+
+    def parked(self) -> list[PartitionKey]:
+        """Partitions not read until their next record is nearly actionable."""
+        return [k for k, p in list(self._parts.items()) if p.parked_at is not None]
+
     def run(self) -> None:
         self._consumer.subscribe(list(self._tiers), on_assign=self._on_assign,
                                  on_revoke=self._on_revoke, on_lost=self._on_lost)
