@@ -34,6 +34,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+from bench.harness import proc_stats
 from bench.pipeline import Rig, offer, rig
 from pipeline.codec import AvroCodec
 from pipeline.devbroker import DevBroker
@@ -55,16 +56,25 @@ def rss_kib(pid: int) -> int | None:
 
 @dataclass
 class Samples:
-    """RSS samples: (seconds since start, messages offered by then, KiB per process)."""
+    """RSS samples: (seconds since start, messages offered by then, KiB per process), and
+    CPU seconds per process at each sample."""
 
     rate: float
     started: float = field(default_factory=time.monotonic)
     rows: list[tuple[float, float, dict[str, int]]] = field(default_factory=list)
+    cpu: list[dict[str, float]] = field(default_factory=list)
 
     def take(self, pids: dict[str, int], offered_until: float) -> None:
         t = time.monotonic() - self.started
         rss = {name: kib for name, pid in pids.items() if (kib := rss_kib(pid)) is not None}
+        cpu = {}
+        for name, pid in pids.items():
+            try:
+                cpu[name] = proc_stats(pid)[0]
+            except FileNotFoundError:
+                continue
         self.rows.append((t, self.rate * min(t, offered_until), rss))
+        self.cpu.append(cpu)
 
 
 def sample_until(samples: Samples, pids: dict[str, int], stop: threading.Event,
@@ -94,6 +104,8 @@ def summarise(samples: Samples, warmup_s: float, offered_until: float) -> dict[s
     if not after:
         return out
     first, last = after[0], after[-1]
+    cpu_first, cpu_last = samples.cpu[rows.index(first)], samples.cpu[len(rows) - 1]
+    messages = (last[1] - first[1]) / 1000 or 1.0
     for name in first[2]:
         warm = first[2][name] / 1024
         end = last[2].get(name, 0) / 1024
@@ -101,7 +113,9 @@ def summarise(samples: Samples, warmup_s: float, offered_until: float) -> dict[s
         out[name] = {"rss_warm_mib": round(warm, 1), "rss_end_mib": round(end, 1),
                      "change_pct": round((end - warm) / warm * 100, 1) if warm else 0.0,
                      "slope_mib_per_100k_msgs": round(slope(pts), 2),
-                     "peak_mib": round(max(rss.get(name, 0) for _, _, rss in rows) / 1024, 1)}
+                     "peak_mib": round(max(rss.get(name, 0) for _, _, rss in rows) / 1024, 1),
+                     "cpu_s_per_1000_msgs": round(
+                         (cpu_last.get(name, 0.0) - cpu_first.get(name, 0.0)) / messages, 3)}
     return out
 
 
@@ -172,11 +186,11 @@ def print_table(result: dict[str, Any], args: argparse.Namespace) -> None:
     if result["not_final"]:
         print(f"  not final, e.g.: {result['not_final_examples']}")
     print(f"  {'process':18} {'RSS warm MiB':>12} {'RSS end MiB':>12} {'change':>8} "
-          f"{'MiB/100k msgs':>14} {'peak MiB':>9}")
+          f"{'MiB/100k msgs':>14} {'peak MiB':>9} {'CPU s/1k':>9}")
     for name, p in result["processes"].items():
         print(f"  {name:18} {p['rss_warm_mib']:12.1f} {p['rss_end_mib']:12.1f} "
               f"{p['change_pct']:7.1f}% {p['slope_mib_per_100k_msgs']:14.2f} "
-              f"{p['peak_mib']:9.1f}")
+              f"{p['peak_mib']:9.1f} {p['cpu_s_per_1000_msgs']:9.3f}")
 
 
 def main(argv: list[str] | None = None) -> int:
