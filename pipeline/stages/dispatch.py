@@ -114,6 +114,7 @@ class DispatchWorker:
         self._outcomes = {o: RECORDS.labels(STAGE, o) for o in (
             "submitted", "failed", "retry", "duplicate", "in_doubt_resend", "receipt")}
         self._receipt_tasks: set[asyncio.Task[None]] = set()
+        self._between_batches = True  # every journal record so far acknowledged
 
     def stop(self) -> None:
         self._running = False
@@ -128,7 +129,9 @@ class DispatchWorker:
             while self._running:
                 batch = await asyncio.to_thread(
                     self._consumer.consume, self._settings.dispatch_batch, 0.05)
-                records = [m for m in batch if m.error() is None]
+                # A record of a partition revoked during the poll is the next owner's.
+                records = [m for m in batch
+                           if m.error() is None and self._journal.owns(m.partition())]
                 if records:
                     await self._dispatch(records)
                 if time.monotonic() >= next_checkpoint:
@@ -183,13 +186,19 @@ class DispatchWorker:
                  entries=loaded)
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Between batches: every journal record produced so far was flushed with its batch.
-        self._journal.revoke([tp.partition for tp in partitions], durable=True)
+        # Between batches every journal record produced so far was flushed with its batch;
+        # not after a batch that failed (the store then drops what it did not persist).
+        self._journal.revoke([tp.partition for tp in partitions], durable=self._between_batches)
 
     def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._journal.revoke([tp.partition for tp in partitions], durable=False)
 
     async def _dispatch(self, records: list[Message]) -> None:
+        self._between_batches = False
+        await self._dispatch_batch(records)
+        self._between_batches = True
+
+    async def _dispatch_batch(self, records: list[Message]) -> None:
         now = _now_ms()
         to_submit: list[tuple[Message, dict[str, Any], str]] = []
         attempting: set[str] = set()  # message ids this batch journaled ATTEMPTING for

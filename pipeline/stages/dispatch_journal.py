@@ -142,6 +142,9 @@ class Journal:
     def topic(self) -> str:
         return self._topic
 
+    def owns(self, partition: int) -> bool:
+        return partition in self._stores
+
     def get(self, partition: int, message_id: str) -> dict[str, Any] | None:
         store = self._stores.get(partition)
         if store is None:
