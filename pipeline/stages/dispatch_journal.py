@@ -53,11 +53,14 @@ from pipeline.stages.validate import VALIDITY_MAX_S
 log = structlog.get_logger("telex.dispatch")
 
 STORE = "journal"
-_WRITE_BUFFER_BYTES = 2 << 20  # per partition memtable; two of them at most
-_BLOCK_CACHE_BYTES = 16 << 20  # shared by every partition's store of this process
+# One memory budget for every partition's store in this process: the block cache, with the
+# memtables charged to it (a write buffer manager flushes memtables once they pass a third).
+_MEMORY_BYTES = 24 << 20
+_WRITE_BUFFER_BYTES = 2 << 20  # per partition memtable
 _SWEEP_LIMIT = 50_000  # per partition and checkpoint: a backlog of expiries is spread out
 _LOCK_WAIT_S = 30.0  # a previous owner of this directory may still be exiting
 _block_cache: Any = None
+_write_buffers: Any = None
 
 
 def retention_s(settings: Settings) -> float:
@@ -70,13 +73,16 @@ def retention_s(settings: Settings) -> float:
 
 
 def _options() -> Any:
-    """RocksDB options with bounded memory: small memtables, one shared block cache that also
-    holds index and filter blocks (else they grow with the data)."""
-    global _block_cache
-    from rocksdict import BlockBasedOptions, Cache, Options
+    """RocksDB options with bounded memory: one block cache for every partition's store,
+    holding index and filter blocks too (else they grow with the data), with the memtables
+    charged to it."""
+    global _block_cache, _write_buffers
+    from rocksdict import BlockBasedOptions, Cache, Options, WriteBufferManager
 
     if _block_cache is None:
-        _block_cache = Cache(_BLOCK_CACHE_BYTES)
+        _block_cache = Cache(_MEMORY_BYTES)
+        _write_buffers = WriteBufferManager.new_write_buffer_manager_with_cache(
+            _MEMORY_BYTES // 3, False, _block_cache)
     table = BlockBasedOptions()
     table.set_block_cache(_block_cache)
     table.set_cache_index_and_filter_blocks(True)
@@ -86,6 +92,7 @@ def _options() -> Any:
     options = Options(raw_mode=True)
     options.set_block_based_table_factory(table)
     options.set_write_buffer_size(_WRITE_BUFFER_BYTES)
+    options.set_write_buffer_manager(_write_buffers)
     options.set_max_write_buffer_number(2)
     return options
 
