@@ -144,6 +144,13 @@ class Settings(BaseSettings):
         86_400, ge=60, validation_alias="TELEX_DEDUP_WINDOW_S",
         description="TELEX_DEDUP_WINDOW_S: how long an idempotency key is remembered (24 h).",
     )
+    journal_retention_s: float | None = Field(
+        None, gt=0, validation_alias="TELEX_JOURNAL_RETENTION_S",
+        description="TELEX_JOURNAL_RETENTION_S: how long dispatch keeps a journal entry in its "
+        "local store after the entry was written; unset: the longest window that can bring a "
+        "copy of the message back (dedup window, validity, retries: see "
+        "pipeline.stages.dispatch_journal). The journal topic keeps every entry regardless.",
+    )
     pg_schema: str = Field(
         "telex", pattern=r"^[a-z_][a-z0-9_]{0,62}$", validation_alias="TELEX_PG_SCHEMA",
         description="TELEX_PG_SCHEMA: PostgreSQL schema the status sink writes its tables to.",

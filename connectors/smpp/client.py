@@ -17,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections import OrderedDict
+import time
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, timezone
@@ -66,7 +67,13 @@ class SmppConfig:
     receipt_id_base: IdBase = IdBase.HEX
     receipt_tz: timezone = UTC
     receipt_buffer: int = 10_000
-    remembered_ids: int = 100_000  # carrier id → message id, to fill Receipt.message_id
+    # Carrier id → message id, to fill Receipt.message_id. Only a receipt that beats
+    # dispatch's announcement of the carrier id to the reconciler needs it, and such a receipt
+    # comes within seconds of the submit_sm_resp; a later one is matched by carrier id. So
+    # ids are kept ``remembered_s`` (and at most ``remembered_ids``), not until the count fills:
+    # at a steady rate the map stops growing after ``remembered_s``.
+    remembered_ids: int = 100_000
+    remembered_s: float = 120.0
 
 
 @dataclass(slots=True)
@@ -102,6 +109,7 @@ class SmppClient:
         self._closing = False
         self._receipts = ReceiptStream(config.receipt_buffer)
         self._known: OrderedDict[str, str] = OrderedDict()
+        self._known_at: deque[tuple[float, str]] = deque()  # (monotonic time, carrier id)
         self._reconnects = 0
         self._last_error: str | None = None
 
@@ -367,9 +375,15 @@ class SmppClient:
         return p.Status.ESME_ROK
 
     def _remember(self, raw_id: str, message_id: str) -> None:
-        self._known[normalise_message_id(raw_id, self._cfg.submit_id_base)] = message_id
-        if len(self._known) > self._cfg.remembered_ids:
-            self._known.popitem(last=False)
+        key = normalise_message_id(raw_id, self._cfg.submit_id_base)
+        now = time.monotonic()
+        self._known[key] = message_id
+        self._known_at.append((now, key))
+        cutoff = now - self._cfg.remembered_s
+        known, known_at = self._known, self._known_at
+        while known_at and (known_at[0][0] < cutoff or len(known_at) > self._cfg.remembered_ids):
+            _, old = known_at.popleft()
+            known.pop(old, None)
 
     def _fail_pending(self, reason: str) -> None:
         pending, self._pending = self._pending, {}

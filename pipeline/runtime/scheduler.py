@@ -55,6 +55,13 @@ from pipeline.stages.gcra import Limit, reserve
 
 STAGE = "scheduler"
 MAX_BUFFERED = 20_000  # per partition, including records waiting for their pace
+# Memory is spent only on records actionable soon: a record that becomes actionable later than
+# this is not kept; its partition is parked (paused) until shortly before and re-read from that
+# record (each wake re-reads at most one fetch per partition: memory traded for broker reads).
+# Actionable order equals write order in a tier partition, so nothing behind it is needed
+# before. Without this, a tier of long delays (receipt-window timers wait 48 h) kept
+# MAX_BUFFERED records per partition in memory, for hours, in each of its partitions.
+LOOKAHEAD_MS = 5_000
 MAX_IDLE_WAIT_S = 0.05
 # A record due within this much is held in memory until due instead of taking another hop
 # through a tier topic: a hop costs a broker round trip, which would make it late. It pins its
@@ -74,6 +81,8 @@ class _Partition:
     held: set[int] = field(default_factory=set)  # offsets waiting in a pace queue
     next_offset: int | None = None  # after the last record taken off ``records``
     paused: bool = False
+    parked_at: int | None = None  # first offset not kept (re-read from here when it is time)
+    wake_ms: float = 0.0  # when a parked partition is read again
 
     def commit_offset(self) -> int | None:
         candidates = [o for o in (
@@ -111,6 +120,14 @@ class Scheduler:
 
     def stop(self) -> None:
         self._running = False
+
+    def buffered(self) -> int:
+        """Records held in memory (waiting in a partition, a timer or a pace queue)."""
+        return sum(len(p.records) + len(p.held) for p in list(self._parts.values()))
+
+    def parked(self) -> list[PartitionKey]:
+        """Partitions not read until their next record is nearly actionable."""
+        return [k for k, p in list(self._parts.items()) if p.parked_at is not None]
 
     def run(self) -> None:
         self._consumer.subscribe(list(self._tiers), on_assign=self._on_assign,
@@ -164,16 +181,47 @@ class Scheduler:
         part = self._parts.get((msg.topic(), msg.partition()))
         if part is None:
             return  # revoked while in flight
+        if part.parked_at is not None:
+            return  # fetched before the pause took effect: re-read when the partition wakes
+        ready = _ready_ms(msg, part.tier)
+        if ready is not None and ready > self._clock() * 1000 + LOOKAHEAD_MS:
+            self._park(part, msg, ready)
+            return
         part.records.append(msg)
         if len(part.records) + len(part.held) >= MAX_BUFFERED and not part.paused:
             self._consumer.pause([TopicPartition(msg.topic(), msg.partition())])
             part.paused = True
 
+    def _park(self, part: _Partition, msg: Message, ready_ms: float) -> None:
+        """Stop reading ``msg``'s partition until ``ready_ms``; ``msg`` and whatever follows
+        it are read again then (the committed offset never passes them)."""
+        part.parked_at = msg.offset()
+        part.wake_ms = ready_ms - LOOKAHEAD_MS / 2
+        if not part.paused:
+            self._consumer.pause([TopicPartition(msg.topic(), msg.partition())])
+            part.paused = True
+
+    def _wake(self, now_ms: float) -> float:
+        """Resume parked partitions whose time has come; returns the next wake-up time."""
+        next_wake = float("inf")
+        for (topic, partition), part in self._parts.items():
+            if part.parked_at is None:
+                continue
+            if part.wake_ms > now_ms:
+                next_wake = min(next_wake, part.wake_ms)
+                continue
+            tp = TopicPartition(topic, partition, part.parked_at)
+            self._consumer.resume([tp])
+            self._consumer.seek(tp)
+            part.parked_at = None
+            part.paused = False
+        return next_wake
+
     def _turn(self) -> float:
         """Act on every actionable record; flush; commit. Returns how long the next poll may
         wait."""
         now_ms = self._clock() * 1000
-        next_ready = now_ms + MAX_IDLE_WAIT_S * 1000
+        next_ready = min(now_ms + MAX_IDLE_WAIT_S * 1000, self._wake(now_ms))
         touched: set[PartitionKey] = set()
         for key, part in self._parts.items():
             while part.records:
@@ -262,7 +310,8 @@ class Scheduler:
             offset = part.commit_offset()
             if offset is not None:
                 commits.append(TopicPartition(key[0], key[1], offset))
-            if part.paused and len(part.records) + len(part.held) < MAX_BUFFERED // 2:
+            if (part.paused and part.parked_at is None
+                    and len(part.records) + len(part.held) < MAX_BUFFERED // 2):
                 self._consumer.resume([TopicPartition(*key)])
                 part.paused = False
         if self._producer.flush(30) != 0:
@@ -299,6 +348,16 @@ def _delay_of(msg: Message) -> tuple[float, str, Pace | None]:
         return float(headers[H_DUE]), headers[H_TARGET].decode(), pace
     except (KeyError, ValueError, AttributeError) as exc:
         raise ValueError(f"delayed record without valid {H_DUE}/{H_TARGET} headers") from exc
+
+
+def _ready_ms(msg: Message, tier: int) -> float | None:
+    """When ``msg`` becomes actionable in ``tier`` (None: no valid delay headers; such a
+    record is kept, to be dead-lettered in turn)."""
+    try:
+        due, _, _ = _delay_of(msg)
+    except ValueError:
+        return None
+    return min(due, msg.timestamp()[1] + TIER_DELAYS_MS[tier])
 
 
 def _check_delivery(err: KafkaError | None, _msg: Message) -> None:

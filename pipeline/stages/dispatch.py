@@ -19,7 +19,9 @@ Guarantee: at-least-once to the carrier, with duplicates bounded by one batch. A
 and 4 leaves ATTEMPTING entries without a result: those messages are read again from
 ``dispatch-ready`` and resolved by the per-channel in-doubt policy; each resulting duplicate
 submit is matched by an in-doubt journal entry. The journal (compacted, keyed and partitioned
-like ``dispatch-ready``) is loaded per assigned partition on assignment.
+like ``dispatch-ready``) is the changelog of a bounded on-disk store per assigned partition
+(:mod:`pipeline.stages.dispatch_journal`: retention and why); written to disk between batches,
+once a second, after the records behind it are acknowledged.
 
 Receipts that arrive on a connector's session (SMPP deliver_sm) are produced to
 ``carrier-receipts`` as they come; the SMPP client has already acknowledged them to the SMSC, so
@@ -72,9 +74,9 @@ from pipeline.runtime.delay import delay_headers, tier_for, tier_topic
 from pipeline.runtime.membership import is_lost_membership
 from pipeline.settings import Settings
 from pipeline.stages import dispatch_decision as decision
+from pipeline.stages.dispatch_journal import Journal
 from pipeline.stages.reconcile_decision import receipt_key
 from pipeline.stages.status_decision import H_RESEND_AVOID, IN_DOUBT, update_record
-from pipeline.topic_reader import read_from_start
 
 STAGE = "dispatch"
 RESENDABLE_CHANNELS = ("sms",)  # see status_decision.RESENDABLE_CHANNELS
@@ -86,33 +88,6 @@ log = structlog.get_logger("telex.dispatch")
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-class Journal:
-    """Latest journal entry per message id, for the partitions this worker owns."""
-
-    def __init__(self, settings: Settings, codec: AvroCodec) -> None:
-        self._settings = settings
-        self._codec = codec
-        self._latest: dict[str, dict[str, Any]] = {}
-
-    def get(self, message_id: str) -> dict[str, Any] | None:
-        return self._latest.get(message_id)
-
-    def record(self, entry: dict[str, Any]) -> None:
-        self._latest[entry["message_id"]] = entry
-
-    def load(self, partitions: list[int]) -> int:
-        """Read the journal's partitions from the beginning; returns entries read."""
-        count = 0
-        for msg in read_from_start(self._settings, self._settings.topic("dispatch-journal"),
-                                   partitions=partitions, timeout=None):
-            if msg.value() is None:  # tombstone
-                self._latest.pop(msg.key().decode(), None)
-                continue
-            self.record(self._codec.decode(msg.value(), expected="dispatch_journal_entry"))
-            count += 1
-        return count
 
 
 class DispatchWorker:
@@ -139,6 +114,7 @@ class DispatchWorker:
         self._outcomes = {o: RECORDS.labels(STAGE, o) for o in (
             "submitted", "failed", "retry", "duplicate", "in_doubt_resend", "receipt")}
         self._receipt_tasks: set[asyncio.Task[None]] = set()
+        self._between_batches = True  # every journal record so far acknowledged
 
     def stop(self) -> None:
         self._running = False
@@ -146,14 +122,24 @@ class DispatchWorker:
     async def run(self) -> None:
         for name in self._carriers.connectors:
             await self._start_connector(name)
-        self._consumer.subscribe([self._settings.topic(IN_TOPIC)], on_assign=self._on_assign)
+        self._consumer.subscribe([self._settings.topic(IN_TOPIC)], on_assign=self._on_assign,
+                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
+        next_checkpoint = time.monotonic() + self._settings.commit_interval_s
         try:
             while self._running:
                 batch = await asyncio.to_thread(
                     self._consumer.consume, self._settings.dispatch_batch, 0.05)
-                records = [m for m in batch if m.error() is None]
+                # A record of a partition revoked during the poll is the next owner's.
+                records = [m for m in batch
+                           if m.error() is None and self._journal.owns(m.partition())]
                 if records:
                     await self._dispatch(records)
+                if time.monotonic() >= next_checkpoint:
+                    # Between batches every journal record produced so far is acknowledged.
+                    swept = self._journal.checkpoint()
+                    if swept:
+                        log.info("journal_swept", entries=swept)
+                    next_checkpoint = time.monotonic() + self._settings.commit_interval_s
         finally:
             for connector in self._connectors.values():
                 await connector.close()
@@ -161,6 +147,7 @@ class DispatchWorker:
                 task.cancel()
             await asyncio.to_thread(self._producer.flush, 30)
             self._consumer.close()
+            self._journal.close()
 
     async def _start_connector(self, name: str) -> bool:
         """(Re)build and start a connector; on failure its breaker keeps traffic away, and a
@@ -194,11 +181,24 @@ class DispatchWorker:
             self._outcomes["receipt"].inc()
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        loaded = self._journal.load([tp.partition for tp in partitions])
+        loaded = self._journal.assign([tp.partition for tp in partitions])
         log.info("journal_loaded", partitions=[tp.partition for tp in partitions],
                  entries=loaded)
 
+    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Between batches every journal record produced so far was flushed with its batch;
+        # not after a batch that failed (the store then drops what it did not persist).
+        self._journal.revoke([tp.partition for tp in partitions], durable=self._between_batches)
+
+    def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._journal.revoke([tp.partition for tp in partitions], durable=False)
+
     async def _dispatch(self, records: list[Message]) -> None:
+        self._between_batches = False
+        await self._dispatch_batch(records)
+        self._between_batches = True
+
+    async def _dispatch_batch(self, records: list[Message]) -> None:
         now = _now_ms()
         to_submit: list[tuple[Message, dict[str, Any], str]] = []
         attempting: set[str] = set()  # message ids this batch journaled ATTEMPTING for
@@ -217,12 +217,13 @@ class DispatchWorker:
                     continue
                 avoid = next((v.decode() for k, v in msg.headers() or ()
                               if k == H_RESEND_AVOID and v is not None), None)
-                plan = self._plan(message, now, avoid, msg.value())
+                plan = self._plan(message, now, avoid, msg.value(), msg.partition())
             except Exception as exc:  # routed, counted and logged, never raised
                 self._dead_letter(msg, exc, now)
                 continue
             if plan is not None:
-                self._journal_write(decision.attempting_entry(message, plan, now))
+                self._journal_write(msg.partition(), decision.attempting_entry(
+                    message, plan, now))
                 attempting.add(message["message_id"])
                 to_submit.append((msg, message, plan))
         await self._flush()
@@ -232,7 +233,7 @@ class DispatchWorker:
             return_exceptions=True)
         done = _now_ms()
         for (msg, message, connector), result in zip(to_submit, results, strict=True):
-            self._settle(message, connector, result, done, msg.value())
+            self._settle(message, connector, result, done, msg.value(), msg.partition())
         await self._flush()
         offsets: dict[tuple[str, int], int] = {}
         for msg in records:
@@ -249,17 +250,17 @@ class DispatchWorker:
             log.warning("commit_after_lost_membership", error=exc.args[0].str(),
                         partitions=sorted({p for _, p in offsets}))
 
-    def _plan(self, message: Mapping[str, Any], now: int, avoid: str | None = None,
-              raw: bytes | None = None) -> str | None:
+    def _plan(self, message: Mapping[str, Any], now: int, avoid: str | None,
+              raw: bytes | None, partition: int) -> str | None:
         """The connector to submit through, or None when nothing must be sent. ``avoid``: a
         resend after a failed receipt, to go through another connector when there is one."""
-        latest = self._journal.get(message["message_id"])
+        latest = self._journal.get(partition, message["message_id"])
         if latest is not None and latest["state"] == decision.ATTEMPTING:
             # A previous worker died between journaling the attempt and its result.
             resolved = decision.resolve_in_doubt(
                 latest, message["channel"], now,
                 reconcile_window_ms=int(self._settings.in_doubt_window_s * 1000))
-            self._journal_write(dict(resolved.journal))
+            self._journal_write(partition, dict(resolved.journal))
             self._outcomes["in_doubt_resend"].inc()
             log.warning("in_doubt_resolved", message_id=message["message_id"],
                         policy=str(resolved.policy), connector=latest["connector"],
@@ -268,13 +269,13 @@ class DispatchWorker:
                 self._status(message, resolved.status)
             if resolved.await_receipt_until_ms is not None:
                 self._deadline(message, latest, resolved.await_receipt_until_ms, now)
-            latest = self._journal.get(message["message_id"])
+            latest = self._journal.get(partition, message["message_id"])
         submit, reason = decision.should_submit(latest, message, resend=avoid is not None)
         if submit and now >= int(message["expires_at_ms"]):
             # Never hand a carrier a message whose validity has ended (retries, in-doubt
             # resends and late releases included).
             expired = ConnectorError(ErrorKind.EXPIRED, "validity period ended before dispatch")
-            self._settle(dict(message), "none", expired, now)
+            self._settle(dict(message), "none", expired, now, None, partition)
             return None
         if not submit:
             self._outcomes["duplicate"].inc()
@@ -325,13 +326,13 @@ class DispatchWorker:
             _BREAKER_LEVEL[self._breakers[name].state(_now_ms())])
 
     def _settle(self, message: dict[str, Any], connector: str,
-                result: SubmitResult | BaseException, now: int, raw: bytes | None = None
-                ) -> None:
+                result: SubmitResult | BaseException, now: int, raw: bytes | None,
+                partition: int) -> None:
         if isinstance(result, BaseException) and not isinstance(result, ConnectorError):
             result = ConnectorError(ErrorKind.SERVER_ERROR, f"{type(result).__name__}: {result}")
         outcome = decision.on_result(message, result, now, self._rng, connector=connector,
                                      schedule=self._settings.retry_schedule_s)
-        self._journal_write(dict(outcome.journal))
+        self._journal_write(partition, dict(outcome.journal))
         if outcome.status is not None:
             self._status(message, outcome.status, raw)
         if outcome.retry is not None:
@@ -345,10 +346,17 @@ class DispatchWorker:
             self._outcomes["submitted" if outcome.journal["state"] == decision.SUBMITTED
                            else "failed"].inc()
 
-    def _journal_write(self, entry: dict[str, Any]) -> None:
-        self._journal.record(entry)
-        self._produce("dispatch-journal", entry["message_id"],
-                      self._codec.encode("dispatch_journal_entry", entry))
+    def _journal_write(self, partition: int, entry: dict[str, Any]) -> None:
+        """Journal ``entry`` on the partition of the record it is about: the journal topic is
+        the changelog of that partition's store (same key, same partition number)."""
+        self._journal.record(partition, entry)
+        produce_waiting(self._producer, self._journal.topic, key=entry["message_id"],
+                        value=self._codec.encode("dispatch_journal_entry", entry),
+                        partition=partition, on_delivery=self._journal_landed)
+
+    def _journal_landed(self, err: KafkaError | None, msg: Message) -> None:
+        _check_delivery(err, msg)
+        self._journal.delivered(msg.partition(), msg.offset())
 
     def _status(self, message: Mapping[str, Any], update: decision.StatusUpdate,
                 raw: bytes | None = None) -> None:

@@ -1,0 +1,227 @@
+"""Soak: the whole pipeline at a steady open-loop rate for a long time; does memory stay flat?
+
+    python -m bench.soak --minutes 60 --rate 150 [--sample-s 5] [--warmup 0.1] [--json soak.json]
+
+On one broker (a fresh local one unless KAFKA_BOOTSTRAP_SERVERS is set), the rig of
+:mod:`bench.pipeline` (every stage as its own process, an SMSC simulator answering DELIVRD):
+
+1. offer ``--rate`` messages a second for ``--minutes`` (open loop: message i is due at
+   t0 + i/rate, whatever happened to earlier ones);
+2. meanwhile sample every process's resident memory (VmRSS) every ``--sample-s`` seconds;
+3. then wait until every message has a final status on ``delivery-status-latest`` and report
+   any that did not get one.
+
+Per process it prints the RSS at the end of the warm-up (``--warmup`` of the time, 10 %), at
+the end of the offer, the change in %, and the least-squares slope of RSS against messages
+offered after the warm-up (MB per 100k messages). Flat memory means a change within ±5 % and a
+slope near zero. ``--json`` writes the figures and every sample.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from tempfile import TemporaryDirectory
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from bench.harness import proc_stats
+from bench.pipeline import Rig, offer, rig
+from pipeline.codec import AvroCodec
+from pipeline.devbroker import DevBroker
+from pipeline.history import FINAL
+
+TAG = "soak"
+
+
+def rss_kib(pid: int) -> int | None:
+    """Current resident set size of ``pid`` in KiB (None once it has exited)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS"):
+                return int(line.split()[1])
+    except FileNotFoundError:
+        return None
+    return None
+
+
+@dataclass
+class Samples:
+    """RSS samples: (seconds since start, messages offered by then, KiB per process), and
+    CPU seconds per process at each sample."""
+
+    rate: float
+    started: float = field(default_factory=time.monotonic)
+    rows: list[tuple[float, float, dict[str, int]]] = field(default_factory=list)
+    cpu: list[dict[str, float]] = field(default_factory=list)
+
+    def take(self, pids: dict[str, int], offered_until: float) -> None:
+        t = time.monotonic() - self.started
+        rss = {name: kib for name, pid in pids.items() if (kib := rss_kib(pid)) is not None}
+        cpu = {}
+        for name, pid in pids.items():
+            try:
+                cpu[name] = proc_stats(pid)[0]
+            except FileNotFoundError:
+                continue
+        self.rows.append((t, self.rate * min(t, offered_until), rss))
+        self.cpu.append(cpu)
+
+
+def sample_until(samples: Samples, pids: dict[str, int], stop: threading.Event,
+                 every_s: float, offered_until: float) -> None:
+    while not stop.wait(every_s):  # the sampling period itself, not a readiness wait
+        samples.take(pids, offered_until)
+
+
+def slope(points: list[tuple[float, float]]) -> float:
+    """Least-squares slope of y against x (0 with fewer than two distinct x)."""
+    n = len(points)
+    if n < 2:
+        return 0.0
+    mx = sum(x for x, _ in points) / n
+    my = sum(y for _, y in points) / n
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    if sxx == 0:
+        return 0.0
+    return sum((x - mx) * (y - my) for x, y in points) / sxx
+
+
+def summarise(samples: Samples, warmup_s: float, offered_until: float) -> dict[str, Any]:
+    """Per process: RSS (MiB) at warm-up end and offer end, change in %, MB per 100k msgs."""
+    rows = [r for r in samples.rows if r[0] <= offered_until + 1e-9]
+    after = [r for r in rows if r[0] >= warmup_s]
+    out: dict[str, Any] = {}
+    if not after:
+        return out
+    first, last = after[0], after[-1]
+    cpu_first, cpu_last = samples.cpu[rows.index(first)], samples.cpu[len(rows) - 1]
+    messages = (last[1] - first[1]) / 1000 or 1.0
+    for name in first[2]:
+        warm = first[2][name] / 1024
+        end = last[2].get(name, 0) / 1024
+        pts = [(msgs / 100_000, rss[name] / 1024) for _, msgs, rss in after if name in rss]
+        out[name] = {"rss_warm_mib": round(warm, 1), "rss_end_mib": round(end, 1),
+                     "change_pct": round((end - warm) / warm * 100, 1) if warm else 0.0,
+                     "slope_mib_per_100k_msgs": round(slope(pts), 2),
+                     "peak_mib": round(max(rss.get(name, 0) for _, _, rss in rows) / 1024, 1),
+                     "cpu_s_per_1000_msgs": round(
+                         (cpu_last.get(name, 0.0) - cpu_first.get(name, 0.0)) / messages, 3)}
+    return out
+
+
+def wait_final(r: Rig, ids: set[str], timeout_s: float) -> dict[str, str]:
+    """Latest status per offered message id, read from ``delivery-status-latest`` until each
+    is final or ``timeout_s`` passes."""
+    codec = AvroCodec.from_settings(r.settings)
+    topic = r.settings.topic("delivery-status-latest")
+    consumer = Consumer({**r.settings.kafka_config(), "group.id": "soak-" + uuid.uuid4().hex,
+                         "enable.auto.commit": False})
+    latest: dict[str, str] = {}
+    try:
+        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+        pending = set(ids)
+        deadline = time.monotonic() + timeout_s
+        while pending and time.monotonic() < deadline:
+            r.alive()
+            for msg in consumer.consume(5_000, 1.0):
+                if msg.error() is not None or msg.value() is None:
+                    continue
+                mid = msg.key().decode()
+                if mid in ids:
+                    status = codec.decode(msg.value())["status"]
+                    latest[mid] = status
+                    if status in FINAL:
+                        pending.discard(mid)
+    finally:
+        consumer.close()
+    return latest
+
+
+def soak(bootstrap: str, tmp: Path, broker_pid: int | None, args: argparse.Namespace
+         ) -> dict[str, Any]:
+    seconds = args.minutes * 60
+    with rig(bootstrap, tmp, broker_pid) as r:
+        samples = Samples(args.rate)
+        stop = threading.Event()
+        sampler = threading.Thread(target=sample_until, daemon=True,
+                                   args=(samples, r.pids, stop, args.sample_s, seconds))
+        samples.take(r.pids, seconds)
+        sampler.start()
+        sent = offer(r, args.rate, seconds, TAG)
+        offered_s = time.monotonic() - samples.started
+        samples.take(r.pids, seconds)
+        print(f"offered {len(sent)} messages in {offered_s:.0f} s; waiting for final "
+              "statuses", flush=True)
+        latest = wait_final(r, set(sent), args.drain_timeout)
+        stop.set()
+        sampler.join()
+        r.alive()
+    not_final = {mid: latest.get(mid, "none") for mid in sent
+                 if latest.get(mid) not in FINAL}
+    by_status: dict[str, int] = {}
+    for status in latest.values():
+        by_status[status] = by_status.get(status, 0) + 1
+    return {"offered": len(sent), "offer_seconds": round(offered_s, 1),
+            "final_by_status": by_status, "not_final": len(not_final),
+            "not_final_examples": dict(list(not_final.items())[:20]),
+            "processes": summarise(samples, seconds * args.warmup, offered_s),
+            "samples": [{"t_s": round(t, 1), "messages": round(m), "rss_kib": rss}
+                        for t, m, rss in samples.rows]}
+
+
+def print_table(result: dict[str, Any], args: argparse.Namespace) -> None:
+    print(f"\nsoak {args.minutes:g} min at {args.rate:g} msg/s: {result['offered']} offered; "
+          f"final statuses {result['final_by_status']}; not final: {result['not_final']}")
+    if result["not_final"]:
+        print(f"  not final, e.g.: {result['not_final_examples']}")
+    print(f"  {'process':18} {'RSS warm MiB':>12} {'RSS end MiB':>12} {'change':>8} "
+          f"{'MiB/100k msgs':>14} {'peak MiB':>9} {'CPU s/1k':>9}")
+    for name, p in result["processes"].items():
+        print(f"  {name:18} {p['rss_warm_mib']:12.1f} {p['rss_end_mib']:12.1f} "
+              f"{p['change_pct']:7.1f}% {p['slope_mib_per_100k_msgs']:14.2f} "
+              f"{p['peak_mib']:9.1f} {p['cpu_s_per_1000_msgs']:9.3f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=60)
+    parser.add_argument("--rate", type=float, default=150)
+    parser.add_argument("--sample-s", type=float, default=5)
+    parser.add_argument("--warmup", type=float, default=0.1,
+                        help="fraction of the offer time before memory is judged")
+    parser.add_argument("--drain-timeout", type=float, default=600,
+                        help="seconds to wait for final statuses after the offer")
+    parser.add_argument("--json", type=Path, default=None, help="write every figure here")
+    args = parser.parse_args(argv)
+    with TemporaryDirectory(prefix="telex-bench-soak-") as tmp:
+        existing = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+        broker = None if existing else DevBroker(Path(tmp) / "kafka", die_with_parent=True)
+        bootstrap = existing or broker.start()  # type: ignore[union-attr]
+        try:
+            result = soak(bootstrap, Path(tmp), broker.pid if broker else None, args)
+        finally:
+            if broker is not None:
+                broker.stop()
+    print_table(result, args)
+    if args.json is not None:
+        args.json.write_text(json.dumps({
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                        "python": platform.python_version()},
+            "args": {k: str(v) for k, v in vars(args).items()}, **result}, indent=1))
+        print(f"\nfigures written to {args.json}")
+    return 0 if result["not_final"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
