@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import shutil
 import struct
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
@@ -169,16 +170,54 @@ _INDEX = b"x"
 _OFFSET_KEY = b"m:changelog_end"
 
 
+# One memory budget for every disk store of a process: one block cache (holding index and filter
+# blocks too, else they grow with the data) with the memtables charged to it; RocksDB's defaults
+# would give every partition's store its own cache and 64 MB memtables, growing with the data.
+_MEMORY_BYTES = 64 << 20
+_WRITE_BUFFER_BYTES = 2 << 20  # per store memtable
+_LOCK_WAIT_S = 30.0  # a previous owner of the directory (this process or one exiting) may hold it
+_shared: dict[str, Any] = {}
+
+
+def _rocksdb_options() -> Any:
+    """RocksDB options with the process-wide memory budget above and a bloom filter (most
+    lookups are of keys never stored: a first request, a first attempt)."""
+    from rocksdict import BlockBasedOptions, Cache, Options, WriteBufferManager
+
+    if not _shared:
+        _shared["cache"] = Cache(_MEMORY_BYTES)
+        _shared["buffers"] = WriteBufferManager.new_write_buffer_manager_with_cache(
+            _MEMORY_BYTES // 3, False, _shared["cache"])
+    table = BlockBasedOptions()
+    table.set_block_cache(_shared["cache"])
+    table.set_cache_index_and_filter_blocks(True)
+    table.set_bloom_filter(10, False)
+    options = Options(raw_mode=True)
+    options.set_block_based_table_factory(table)
+    options.set_write_buffer_size(_WRITE_BUFFER_BYTES)
+    options.set_write_buffer_manager(_shared["buffers"])
+    options.set_max_write_buffer_number(2)
+    return options
+
+
 class DiskStore(Store):
     """RocksDB via rocksdict; written only after the checkpoint that makes entries durable."""
 
     def __init__(self, name: str, partition: int, ttl_ms: int | None, path: Path) -> None:
         super().__init__(name, partition, ttl_ms)
-        from rocksdict import Options, Rdict  # imported here: only disk stores need it
+        from rocksdict import Rdict  # imported here: only disk stores need it
 
         self._path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = Rdict(str(path), options=Options(raw_mode=True))
+        deadline = time.monotonic() + _LOCK_WAIT_S
+        while True:
+            try:
+                self._db = Rdict(str(path), options=_rocksdb_options())
+                break
+            except Exception as exc:  # rocksdict raises a bare Exception for a held lock
+                if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)  # pacing between attempts to take the lock; deadline above
         # Written this batch or checkpoint, not yet on disk: key -> (entry or None, expiry).
         self._pending: dict[str, tuple[Entry | None, int]] = {}
         self._restoring: dict[bytes, bytes | None] = {}

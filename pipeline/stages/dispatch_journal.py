@@ -46,21 +46,14 @@ import structlog
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
 from pipeline.codec import AvroCodec
-from pipeline.runtime.store import DiskStore, Store, encode_entry
+from pipeline.runtime.store import DiskStore, encode_entry
 from pipeline.settings import Settings
 from pipeline.stages.validate import VALIDITY_MAX_S
 
 log = structlog.get_logger("telex.dispatch")
 
 STORE = "journal"
-# One memory budget for every partition's store in this process: the block cache, with the
-# memtables charged to it (a write buffer manager flushes memtables once they pass a third).
-_MEMORY_BYTES = 24 << 20
-_WRITE_BUFFER_BYTES = 2 << 20  # per partition memtable
 _SWEEP_LIMIT = 50_000  # per partition and checkpoint: a backlog of expiries is spread out
-_LOCK_WAIT_S = 30.0  # a previous owner of this directory may still be exiting
-_block_cache: Any = None
-_write_buffers: Any = None
 
 
 def retention_s(settings: Settings) -> float:
@@ -72,52 +65,12 @@ def retention_s(settings: Settings) -> float:
                settings.in_doubt_window_s)
 
 
-def _options() -> Any:
-    """RocksDB options with bounded memory: one block cache for every partition's store,
-    holding index and filter blocks too (else they grow with the data), with the memtables
-    charged to it."""
-    global _block_cache, _write_buffers
-    from rocksdict import BlockBasedOptions, Cache, Options, WriteBufferManager
-
-    if _block_cache is None:
-        _block_cache = Cache(_MEMORY_BYTES)
-        _write_buffers = WriteBufferManager.new_write_buffer_manager_with_cache(
-            _MEMORY_BYTES // 3, False, _block_cache)
-    table = BlockBasedOptions()
-    table.set_block_cache(_block_cache)
-    table.set_cache_index_and_filter_blocks(True)
-    # Most lookups are of ids never journaled (a first attempt): a filter answers them without
-    # reading a data block of every file.
-    table.set_bloom_filter(10, False)
-    options = Options(raw_mode=True)
-    options.set_block_based_table_factory(table)
-    options.set_write_buffer_size(_WRITE_BUFFER_BYTES)
-    options.set_write_buffer_manager(_write_buffers)
-    options.set_max_write_buffer_number(2)
-    return options
-
-
 class _JournalStore(DiskStore):
-    """A :class:`DiskStore` opened with :func:`_options` (the runtime's opens with RocksDB's
-    defaults: 64 MB memtables and a block cache per partition)."""
+    """The runtime's :class:`DiskStore` (bounded RocksDB options shared by the process), with a
+    view of the ids it holds."""
 
     def __init__(self, partition: int, ttl_ms: int, path: Path) -> None:
-        Store.__init__(self, STORE, partition, ttl_ms)
-        from rocksdict import Rdict
-
-        self._path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        deadline = time.monotonic() + _LOCK_WAIT_S
-        while True:
-            try:
-                self._db = Rdict(str(path), options=_options())
-                break
-            except Exception as exc:  # rocksdict raises a bare Exception for a held lock
-                if "lock" not in str(exc).lower() or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)  # pacing between attempts to take the lock; deadline above
-        self._pending = {}
-        self._restoring = {}
+        super().__init__(STORE, partition, ttl_ms, path)
 
     def entries(self) -> Iterator[str]:
         """Message ids held on disk, expired or not (for tests and `telex` diagnostics)."""
