@@ -70,6 +70,10 @@ class WebhookSender:
             self._cond.notify()
         if self._thread.is_alive():
             self._thread.join(self._timeout + 1)
+        with self._conn_lock:  # the kept-alive connection ends with the sender
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
     def schedule(self, due: float, payload: dict[str, Any], wamid: str, status: str,
                  *, bad_signature: bool = False, unknown: bool = False) -> None:
