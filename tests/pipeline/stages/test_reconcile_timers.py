@@ -10,7 +10,7 @@ from pipeline.codec import AvroCodec
 from pipeline.runtime.stage import Out, Record
 from pipeline.runtime.store import KeyState, MemoryStore
 from pipeline.settings import Settings
-from pipeline.stages.reconcile import ReconcileStage
+from pipeline.stages.reconcile import H_DEADLINE, ReconcileStage
 from pipeline.stages.status_decision import update_record
 
 CODEC = AvroCodec()
@@ -62,4 +62,16 @@ def test_the_submission_cancels_the_ttl_timer(stage: ReconcileStage):
     outs = _feed(stage, store, "status_update", sub, 2_000)
     assert [CODEC.decode(o.value)["status"] for o in outs] == ["sent", "delivered"]
     assert KeyState(store, KEY, 2_000).timer is None
+    assert stage.punctuate(10 * TTL_MS, store) == []
+
+
+def test_a_deadline_record_released_by_the_delay_tiers_is_still_applied(stage: ReconcileStage):
+    """A TTL deadline already in flight (header telex.reconcile.deadline, written by the old
+    reconciler) releases what waited, as before."""
+    store = MemoryStore("match", 0, None)
+    _feed(stage, store, "carrier_receipt", _receipt(), 1_000)
+    value = CODEC.encode("carrier_receipt", _receipt())
+    record = Record("carrier-receipts", 0, 1, KEY, value, [(H_DEADLINE, b"1")], 40_000)
+    outs = stage.process([record], {("carrier-receipts", 0): store}, 1_000 + TTL_MS)
+    assert [o.topic for o in outs] == ["receipts-unmatched"]
     assert stage.punctuate(10 * TTL_MS, store) == []
