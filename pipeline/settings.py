@@ -107,6 +107,11 @@ class Settings(BaseSettings):
         description="TELEX_CHECKPOINT_RECORDS: checkpoint early after this many input records "
         "(50,000), so a burst never replays more than that after a crash.",
     )
+    punctuate_interval_s: float = Field(
+        1.0, gt=0, le=60, validation_alias="TELEX_PUNCTUATE_INTERVAL_S",
+        description="TELEX_PUNCTUATE_INTERVAL_S: how often a stage worker fires its stores' due "
+        "timers (1 s), idle or not: a timer fires at most this late (plus a busy batch).",
+    )
     batch_max: int = Field(
         2_000, ge=1, le=100_000, validation_alias="TELEX_BATCH_MAX",
         description="TELEX_BATCH_MAX: most records a stage takes in one poll (2,000).",

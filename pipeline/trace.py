@@ -37,6 +37,7 @@ from pipeline.runtime.delay import H_DUE, H_TARGET, TIER_DELAYS_MS, tier_topic
 from pipeline.runtime.registry import dead_letter_topics
 from pipeline.settings import Settings
 from pipeline.stages.reconcile_decision import receipt_key
+from pipeline.stages.status_decision import H_TIMER_DUE
 from pipeline.topic_reader import read_ranges
 
 _TIERS = tuple(tier_topic(i) for i in range(len(TIER_DELAYS_MS)))
@@ -134,6 +135,10 @@ def describe(topic: str, schema: str | None, record: Mapping[str, Any] | None,
                 + _error({"error_code": record.get("error_code"),
                           "error_reason": record.get("carrier_error")}))
     if record.get("timer"):  # a status-updates deadline
+        due = headers.get(H_TIMER_DUE)
+        if due:  # booked as a timer of the status stage until then
+            return (f"deadline {record['timer']} booked for {ms_to_text(int(due))} "
+                    f"(attempt {record.get('attempt')})")
         return f"deadline {record['timer']} due (attempt {record.get('attempt')})"
     if "status" in record:  # delivery_status and status_update
         what = f"status {record['status']}"

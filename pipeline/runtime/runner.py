@@ -21,6 +21,14 @@ One :class:`StageRunner` runs one :class:`~pipeline.runtime.stage.Stage` in cons
    e. tell the stores their changes are durable (a disk store writes them now, with the
       changelog end offset, so its local copy never runs ahead of the changelog).
 
+**Punctuation** (timers kept in the stores, see :mod:`pipeline.runtime.stage`): at most every
+``punctuate_interval_s``, whether records arrive or not (the poll's wait ends at the next
+punctuation, so an idle worker wakes for it without spinning), the stage's
+:meth:`~pipeline.runtime.stage.Stage.punctuate` runs for every assigned partition's store. Its
+outputs are produced at once and its store changes (fired timers cleared) are dirty keys: both
+go through the next checkpoint exactly like a batch's, so a crash before that checkpoint
+restores the timers and fires them again (at least once).
+
 **Restore**: on assignment (cooperative-sticky: only moved partitions pause) each store is
 rebuilt from its changelog before any input record of that partition is processed; changelog
 records headed with an input offset beyond the partition's committed offset are skipped (they
@@ -120,11 +128,20 @@ class StageRunner:
                   inputs=sorted(self._inputs))
         interval = self.settings.commit_interval_s
         next_checkpoint = time.monotonic() + interval
+        punctuating = type(self.stage).punctuate is not Stage.punctuate
+        tick = self.settings.punctuate_interval_s
+        next_punctuation = time.monotonic() + tick
         try:
             while not self._stop.is_set():
-                batch = self._poll(min(0.5, interval))
+                wait = min(0.5, interval)
+                if punctuating:
+                    wait = max(0.0, min(wait, next_punctuation - time.monotonic()))
+                batch = self._poll(wait)
                 if batch:
                     self._process(batch)
+                if punctuating and time.monotonic() >= next_punctuation:
+                    self.punctuate()
+                    next_punctuation = time.monotonic() + tick
                 if self._uncommitted and (time.monotonic() >= next_checkpoint or
                                           self._uncommitted >= self.settings.checkpoint_records):
                     self.checkpoint()
@@ -184,6 +201,18 @@ class StageRunner:
         outs = self.stage.process(records, self._stores, now_ms)
         self._produce(outs)
         self._uncommitted += len(records)
+
+    def punctuate(self) -> None:
+        """Fire every assigned store's due timers; outputs are produced, changes checkpointed."""
+        now_ms = int(self._clock() * 1000)
+        for store in list(self._stores.values()):
+            before = store.dirty_count()
+            outs = self.stage.punctuate(now_ms, store)
+            if outs:
+                self._produce(outs)
+            changed = store.dirty_count() - before
+            if outs or changed:
+                self._uncommitted += max(1, len(outs), changed)
 
     def _produce(self, outs: list[Out]) -> None:
         produce = self._producer.produce

@@ -1,12 +1,13 @@
 """The delay-tier consumer: releases delayed records to their destination when due.
 
-A plain confluent-kafka loop, not (yet) a batch-runtime stage: it must act on the clock, and the
-batch runtime processes only when a record arrives. Per assigned partition it keeps the consumed-
-but-not-yet-actionable records in order (see :mod:`pipeline.runtime.delay`), acts on heads as they
-become actionable, and pauses a partition whose buffer is full. A due record of a rate-limited
-bucket also waits for its bucket's pace (see :class:`~pipeline.runtime.delay.Pace`) in a per-
-bucket queue, out of its partition's way, so a late bucket never holds up another bucket's
-records.
+A plain confluent-kafka loop, not (yet) a batch-runtime stage: it acts on the heads of tier
+partitions and paces per bucket, which the runtime's per-key store timers (punctuation) do not
+model. Status and reconcile deadlines no longer come through here (they are store timers).
+Per assigned partition it keeps the consumed-but-not-yet-actionable records in order (see
+:mod:`pipeline.runtime.delay`), acts on heads as they become actionable, and pauses a partition
+whose buffer is full. A due record of a rate-limited bucket also waits for its bucket's pace
+(see :class:`~pipeline.runtime.delay.Pace`) in a per-bucket queue, out of its partition's way,
+so a late bucket never holds up another bucket's records.
 
 Commit protocol, every ``commit_interval_s``: (1) every release and move was produced, (2) flush
 the producer and check every delivery, (3) commit, per partition, the lowest offset not yet acted

@@ -6,12 +6,24 @@ they subclass :class:`KeyedStage` and write :meth:`KeyedStage.handle`; the base 
 batch, gives each record its key's :class:`~pipeline.runtime.store.KeyState`, and dead-letters a
 record whose handling raises (original bytes, provenance headers, counted) so the partition
 keeps moving. A stage that must see the whole batch at once overrides :meth:`Stage.process`.
+
+**Timers (punctuation).** A stage acting on the clock (a deadline) books a timer on a key of its
+store (:meth:`~pipeline.runtime.store.KeyState.set_timer`); the runner calls
+:meth:`Stage.punctuate` for each assigned partition's store at most every
+``TELEX_PUNCTUATE_INTERVAL_S``, idle or not. A :class:`KeyedStage` writes
+:meth:`KeyedStage.on_timer`: the base class clears each due key's timer, then hands it the
+key's state (it may book the timer again). Guarantee: a timer fires at least once, at or after
+its due time, on whichever member owns the partition then (the timer is part of the entry, so a
+restored store has it); a crash between the firing and the next checkpoint fires it again,
+with the same state, so ``on_timer`` must give the same outputs for the same state.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+
+import structlog
 
 from pipeline.runtime.deadletter import Provenance, counted, dead_letter_headers
 from pipeline.runtime.store import KeyState, Store
@@ -87,6 +99,12 @@ class Stage:
         partition). ``stores`` maps (input topic, partition) to that partition's store."""
         raise NotImplementedError
 
+    def punctuate(self, now_ms: int, store: Store) -> list[Out]:
+        """Outputs of the timers of ``store`` (one partition) due by ``now_ms``. Called by
+        the runner every ``TELEX_PUNCTUATE_INTERVAL_S`` for each store; outputs and store
+        changes are checkpointed like a batch's. Default: no timers."""
+        return []
+
     def dead_letter(self, record: Record, exc: BaseException, now_ms: int,
                     message_id: str | None = None) -> Out:
         """The dead-letter copy of ``record``: original key and bytes, provenance headers."""
@@ -105,8 +123,32 @@ class Stage:
         """Release what the stage holds (connections); called once the runner stopped."""
 
 
+#: keys fired per store per punctuation; the rest fire at the next one.
+PUNCTUATE_LIMIT = 10_000
+
+_log = structlog.get_logger("telex.runtime")
+
+
 class KeyedStage(Stage):
     """A stage that decides record by record with its key's state."""
+
+    def on_timer(self, key: str, state: KeyState, now_ms: int) -> list[Out]:
+        """Outputs of the key's timer, come due (already cleared: set it again to repeat)."""
+        raise NotImplementedError
+
+    def punctuate(self, now_ms: int, store: Store) -> list[Out]:
+        if type(self).on_timer is KeyedStage.on_timer:
+            return []
+        outs: list[Out] = []
+        for key in store.due(now_ms, PUNCTUATE_LIMIT):
+            state = KeyState(store, key, now_ms)
+            state.set_timer(None)  # fired: a failing on_timer must not fire forever
+            try:
+                outs += self.on_timer(key, state, now_ms)
+            except Exception as exc:  # no record to dead-letter: logged, the timer dropped
+                _log.error("timer_failed", stage=self.name, store=store.name,
+                           partition=store.partition, key=key, error=repr(exc))
+        return outs
 
     def handle(self, record: Record, state: KeyState | None, now_ms: int) -> list[Out]:
         """Outputs of one record; raise to dead-letter it (state set before raising stays)."""

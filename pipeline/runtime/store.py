@@ -24,10 +24,22 @@ Entry encoding (changelog value and disk value): the expiry (epoch ms, 8 bytes b
 the entry as JSON, a dict of named fields (a stage keeps several fields per key). The expiry
 comes first so a restore can order and age entries without parsing them: a memory store keeps a
 restored entry as bytes until a record of its key first reads it.
+
+**Timers** (punctuation, see :meth:`pipeline.runtime.stage.Stage.punctuate`): a key may carry one
+timer, the field :data:`TIMER_FIELD` of its entry (epoch ms; :meth:`KeyState.set_timer`). Being
+a field, booking, moving or cancelling a timer costs no changelog record beyond the entry's own,
+and a timer is exactly as durable as its entry. Each store keeps a due-time index over it,
+consistent with the entries: :meth:`Store.due` lists keys whose timer is due. A memory store
+keeps a heap (entries checked against the live entry when popped) and rebuilds it on restore; a
+disk store keeps ``t`` + big-endian due + key beside the expiry index, written in the same
+RocksDB write batches as the entries (so the local index always matches the checkpointed
+entries), plus a heap for timers written since the last checkpoint. Reading the timer of an
+encoded entry parses the JSON only when the bytes contain the field name.
 """
 
 from __future__ import annotations
 
+import heapq
 import shutil
 import struct
 import time
@@ -41,6 +53,9 @@ import orjson
 Entry = dict[str, Any]
 _NO_EXPIRY = 2**62
 _U64 = struct.Struct(">Q")
+#: the entry field holding the key's timer (epoch ms), maintained through :class:`KeyState`.
+TIMER_FIELD = "_timer"
+_TIMER_NEEDLE = b'"' + TIMER_FIELD.encode() + b'":'
 
 
 def encode_entry(value: Entry, expires_ms: int) -> bytes:
@@ -53,6 +68,18 @@ def decode_entry(raw: bytes) -> tuple[Entry, int]:
 
 def entry_expiry(raw: bytes) -> int:
     return int(_U64.unpack_from(raw)[0])
+
+
+def entry_timer(value: Entry | bytes | None) -> int | None:
+    """The timer of an entry (decoded, or encoded as in the changelog), or None."""
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        if _TIMER_NEEDLE not in value:  # most entries: no parse needed
+            return None
+        value = orjson.loads(value[8:])
+    due = value.get(TIMER_FIELD)  # type: ignore[union-attr]
+    return None if due is None else int(due)
 
 
 class Store(ABC):
@@ -78,6 +105,15 @@ class Store(ABC):
     @abstractmethod
     def sweep(self, now_ms: int, limit: int) -> int:
         """Delete up to ``limit`` expired entries (each becomes a tombstone); returns how many."""
+
+    @abstractmethod
+    def due(self, now_ms: int, limit: int) -> list[str]:
+        """Up to ``limit`` keys whose timer is at or before ``now_ms`` (live entries only), in
+        due order. A key stays due until its entry's timer is moved or cleared."""
+
+    def dirty_count(self) -> int:
+        """Keys changed since the last checkpoint."""
+        return len(self._dirty)
 
     @abstractmethod
     def changes(self, now_ms: int) -> Iterator[tuple[str, bytes | None]]:
@@ -107,6 +143,9 @@ class MemoryStore(Store):
     def __init__(self, name: str, partition: int, ttl_ms: int | None) -> None:
         super().__init__(name, partition, ttl_ms)
         self._data: dict[str, tuple[Entry | bytes, int]] = {}
+        # (due, key) for every timer written or restored; an item whose key's entry no
+        # longer has that timer is dropped when it reaches the top.
+        self._timers: list[tuple[int, str]] = []
 
     def __len__(self) -> int:
         return len(self._data)
@@ -122,10 +161,33 @@ class MemoryStore(Store):
         return value
 
     def put(self, key: str, value: Entry | None, now_ms: int) -> None:
-        self._data.pop(key, None)  # re-inserted at the end: write order = expiry order
+        old = self._data.pop(key, None)  # re-inserted at the end: write order = expiry order
         if value is not None:
             self._data[key] = (value, self.expiry(now_ms))
+            due = value.get(TIMER_FIELD)
+            if due is not None and (old is None or entry_timer(old[0]) != due):
+                heapq.heappush(self._timers, (int(due), key))
         self._dirty.add(key)
+
+    def due(self, now_ms: int, limit: int) -> list[str]:
+        timers, data = self._timers, self._data
+        keys: list[str] = []
+        seen: set[str] = set()
+        kept: list[tuple[int, str]] = []
+        while timers and timers[0][0] <= now_ms and len(keys) < limit:
+            item = heapq.heappop(timers)
+            due, key = item
+            found = data.get(key)
+            if found is None or found[1] <= now_ms or key in seen:
+                continue
+            if entry_timer(found[0]) != due:
+                continue  # moved or cancelled since
+            keys.append(key)
+            seen.add(key)
+            kept.append(item)  # still the key's timer until the stage moves or clears it
+        for item in kept:
+            heapq.heappush(timers, item)
+        return keys
 
     def sweep(self, now_ms: int, limit: int) -> int:
         removed = 0
@@ -153,6 +215,9 @@ class MemoryStore(Store):
         self._data.pop(key, None)
         if raw is not None:
             self._data[key] = (raw, entry_expiry(raw))
+            due = entry_timer(raw)
+            if due is not None:
+                heapq.heappush(self._timers, (due, key))
 
     def checkpointed(self, changelog_end: int | None) -> None:
         self._dirty.clear()
@@ -163,10 +228,12 @@ class MemoryStore(Store):
     def close(self) -> None:
         self._data.clear()
         self._dirty.clear()
+        self._timers.clear()
 
 
 _DATA = b"d"
 _INDEX = b"x"
+_TIMERS = b"t"
 _OFFSET_KEY = b"m:changelog_end"
 
 
@@ -220,6 +287,7 @@ class DiskStore(Store):
                 time.sleep(0.2)  # pacing between attempts to take the lock; deadline above
         # Written this batch or checkpoint, not yet on disk: key -> (entry or None, expiry).
         self._pending: dict[str, tuple[Entry | None, int]] = {}
+        self._pending_timers: list[tuple[int, str]] = []  # timers in _pending, by due time
         self._restoring: dict[bytes, bytes | None] = {}
 
     def _disk(self, key: str) -> tuple[Entry, int] | None:
@@ -237,6 +305,40 @@ class DiskStore(Store):
     def put(self, key: str, value: Entry | None, now_ms: int) -> None:
         self._pending[key] = (value, self.expiry(now_ms))
         self._dirty.add(key)
+        due = None if value is None else value.get(TIMER_FIELD)
+        if due is not None:
+            heapq.heappush(self._pending_timers, (int(due), key))
+
+    def due(self, now_ms: int, limit: int) -> list[str]:
+        candidates: list[tuple[int, str]] = []
+        it = self._db.iter()
+        it.seek(_TIMERS)
+        while it.valid() and len(candidates) < limit:
+            ikey: bytes = it.key()
+            if not ikey.startswith(_TIMERS):
+                break
+            due = _U64.unpack_from(ikey, 1)[0]
+            if due > now_ms:
+                break
+            candidates.append((due, ikey[9:].decode()))
+            it.next()
+        del it
+        for item in self._pending_timers:  # small: written since the last checkpoint
+            if item[0] <= now_ms:
+                candidates.append(item)
+        candidates.sort()
+        keys: list[str] = []
+        seen: set[str] = set()
+        for due, key in candidates:
+            if key in seen or len(keys) >= limit:
+                continue
+            current = self._pending.get(key) or self._disk(key)
+            if (current is None or current[0] is None or current[1] <= now_ms
+                    or current[0].get(TIMER_FIELD) != due):
+                continue  # moved, cancelled or expired (a pending write not yet on disk)
+            keys.append(key)
+            seen.add(key)
+        return keys
 
     def sweep(self, now_ms: int, limit: int) -> int:
         it = self._db.iter()
@@ -288,12 +390,18 @@ class DiskStore(Store):
         old = self._db.get(_DATA + bkey)
         if old is not None:
             batch.delete(_INDEX + old[:8] + bkey)
+            old_due = entry_timer(old)
+            if old_due is not None:
+                batch.delete(_TIMERS + _U64.pack(old_due) + bkey)
         if raw is None:
             batch.delete(_DATA + bkey)
         else:
             batch.put(_DATA + bkey, raw)
             if entry_expiry(raw) < _NO_EXPIRY:
                 batch.put(_INDEX + raw[:8] + bkey, b"")
+            due = entry_timer(raw)
+            if due is not None:
+                batch.put(_TIMERS + _U64.pack(due) + bkey, b"")
 
     def checkpointed(self, changelog_end: int | None) -> None:
         from rocksdict import WriteBatch
@@ -307,6 +415,7 @@ class DiskStore(Store):
             batch.put(_OFFSET_KEY, _U64.pack(changelog_end))
         self._db.write(batch)
         self._pending.clear()
+        self._pending_timers.clear()
         self._dirty.clear()
 
     def restore_from(self) -> int | None:
@@ -348,8 +457,24 @@ class KeyState:
         self._store.put(self._key, entry, self._now_ms)
 
     def delete(self, name: str) -> None:
+        """Remove one field; an entry left with no field but its timer is removed whole."""
         if self._entry is None or name not in self._entry:
             return
         entry = {k: v for k, v in self._entry.items() if k != name}
-        self._entry = entry or None
+        self._entry = entry if set(entry) - {TIMER_FIELD} else None
         self._store.put(self._key, self._entry, self._now_ms)
+
+    @property
+    def timer(self) -> int | None:
+        """The key's timer (epoch ms), or None."""
+        return self.get(TIMER_FIELD)
+
+    def set_timer(self, due_ms: int | None) -> None:
+        """Book (or move) the key's one timer; None cancels it. Part of the entry: no
+        changelog record of its own. Nothing happens when it is already so."""
+        if self.timer == due_ms:
+            return
+        if due_ms is None:
+            self.delete(TIMER_FIELD)
+        else:
+            self.set(TIMER_FIELD, int(due_ms))

@@ -76,7 +76,12 @@ from pipeline.settings import Settings
 from pipeline.stages import dispatch_decision as decision
 from pipeline.stages.dispatch_journal import Journal
 from pipeline.stages.reconcile_decision import receipt_key
-from pipeline.stages.status_decision import H_RESEND_AVOID, IN_DOUBT, update_record
+from pipeline.stages.status_decision import (
+    H_RESEND_AVOID,
+    H_TIMER_DUE,
+    IN_DOUBT,
+    update_record,
+)
 
 STAGE = "dispatch"
 RESENDABLE_CHANNELS = ("sms",)  # see status_decision.RESENDABLE_CHANNELS
@@ -398,14 +403,15 @@ class DispatchWorker:
     def _deadline(self, message: Mapping[str, Any], entry: Mapping[str, Any], until_ms: int,
                   now: int) -> None:
         """Book the in-doubt deadline: the status stage fails the message with 30008 then,
-        unless a receipt (naming our message id) proved the send in the meantime."""
+        unless a receipt (naming our message id) proved the send in the meantime. Written
+        straight to status-updates with its due time: the status stage keeps it as a timer."""
         value = self._codec.encode("status_update", update_record(
             message["message_id"], STAGE, now, timer=IN_DOUBT, attempt=entry["attempt"],
             account_id=message["account_id"], channel=message["channel"],
             connector=entry["connector"], segments=message["segments"],
             trace_id=message.get("trace_id")))
-        self._produce(tier_topic(tier_for(until_ms - now)), message["message_id"], value,
-                      delay_headers(until_ms, "status-updates"))
+        self._produce("status-updates", message["message_id"], value,
+                      [(H_TIMER_DUE, str(int(until_ms)).encode())])
 
     def _produce(self, topic: str, key: str, value: bytes,
                  headers: list[tuple[str, bytes]] | None = None) -> None:

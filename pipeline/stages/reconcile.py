@@ -9,13 +9,21 @@ partition, so the join needs no second input. Decisions are in
 a memory store of the batch runtime with its compacted changelog topic.
 
 Outputs: ``status-updates`` (keyed by message id, for the status stage), ``receipts-unmatched``,
-a delay tier for a waiting receipt's TTL deadline (released back to ``carrier-receipts`` with
-header :data:`H_DEADLINE`, the timing mechanism the rate limiter uses), ``dlq-reconcile``.
+``dlq-reconcile``.
+
+A waiting receipt's TTL deadline is the key's timer in its match entry (punctuation of the
+runtime): booked when a receipt starts waiting, moved to the next waiting receipt's deadline,
+cancelled when the submission comes (nothing is left to release); when it fires,
+:func:`reconcile_decision.on_deadline` runs. A deadline record headed :data:`H_DEADLINE`
+arriving on ``carrier-receipts`` (released by the delay tiers, which the stage no longer writes
+to) still takes the same path.
 
 Delivery guarantee: at-least-once. Outputs and the state changelog are flushed before input
 offsets are committed; a crash repeats the records since the last checkpoint against the state
 of that checkpoint, so the same status updates are produced again, and the status stage
-absorbs them as duplicates (same status for the same attempt).
+absorbs them as duplicates (same status for the same attempt). A deadline fires at least once,
+at or after its due time; fired again after a crash it meets the same state and gives the same
+updates, which the status stage absorbs.
 """
 
 from __future__ import annotations
@@ -27,7 +35,6 @@ import structlog
 
 from pipeline.codec import AvroCodec
 from pipeline.metrics import PROCESSING_SECONDS, RECORDS
-from pipeline.runtime.delay import delay_headers, tier_for, tier_topic
 from pipeline.runtime.stage import Input, KeyedStage, Out, Record, StoreSpec
 from pipeline.runtime.store import KeyState
 from pipeline.settings import Settings
@@ -36,9 +43,8 @@ from pipeline.stages.reconcile_decision import receipt_key
 
 STAGE = "reconcile"
 IN_TOPIC = "carrier-receipts"
-OUT_TOPICS = ("status-updates", "receipts-unmatched", "dlq-reconcile",
-              *(tier_topic(i) for i in range(10)))
-H_DEADLINE = "telex.reconcile.deadline"
+OUT_TOPICS = ("status-updates", "receipts-unmatched", "dlq-reconcile")
+H_DEADLINE = "telex.reconcile.deadline"  # read only: deadlines in flight in the delay tiers
 STORE = "match"
 _STATE_KEY = "match"
 
@@ -71,6 +77,11 @@ class ReconcileStage(KeyedStage):
     def message_id_of(self, record: Record) -> str | None:
         return None  # keyed connector:carrier id, not by message
 
+    def on_timer(self, key: str, state: KeyState, now_ms: int) -> list[Out]:
+        """The key's TTL deadline came due: release what waited long enough."""
+        return self._outputs(key, state, decision.on_deadline(state.get(_STATE_KEY), now_ms,
+                                                              self._ttl_ms))
+
     def _decide(self, value: bytes, key: str | None, headers: Any, state: KeyState,
                 now_ms: int) -> list[Out]:
         current = state.get(_STATE_KEY)
@@ -90,10 +101,18 @@ class ReconcileStage(KeyedStage):
             if key != expected:
                 raise ValueError(f"record key {key!r} is not its connector:carrier id "
                                  f"{expected!r}")
+        return self._outputs(key, state, match)
+
+    def _outputs(self, key: str | None, state: KeyState, match: decision.Match) -> list[Out]:
+        """Store the match's state and timer; the records it leads to."""
         if match.state is None:
             state.delete(_STATE_KEY)
-        elif match.state != current:
+        elif match.state != state.get(_STATE_KEY):
             state.set(_STATE_KEY, match.state)
+        if match.deadline_ms is not None:
+            state.set_timer(match.deadline_ms)
+        elif match.state is None or not match.state.get("pending"):
+            state.set_timer(None)  # nothing waits: nothing to release
         self._outcomes[match.outcome].inc()
         outs = [Out("status-updates", u["message_id"], self._codec.encode("status_update", u))
                 for u in match.updates]
@@ -103,9 +122,6 @@ class ReconcileStage(KeyedStage):
                      carrier_status=receipt["carrier_status"])
             outs.append(Out("receipts-unmatched", key or "",
                             self._codec.encode("carrier_receipt", receipt)))
-        if match.deadline_ms is not None:
-            outs.append(Out(tier_topic(tier_for(match.deadline_ms - now_ms)), key or "", value,
-                            [*delay_headers(match.deadline_ms, IN_TOPIC), (H_DEADLINE, b"1")]))
         return outs
 
 

@@ -12,7 +12,10 @@ Stages and carriers report what they learn as StatusUpdate records, late, twice 
 * **Deadlines**: when an attempt is ``sent`` a receipt-window timer is booked; if it comes due
   with the attempt still only ``sent``, the message ends ``undelivered`` with 30008 and a reason
   that says no receipt came. An in-doubt attempt (dispatch could not tell whether the carrier got
-  it) waits for a receipt until its deadline, then fails with 30008.
+  it) waits for a receipt until its deadline, then fails with 30008. A deadline comes due as a
+  StatusUpdate with ``timer`` set (:func:`deadline_update`); :func:`live` says whether it can
+  still act, and once it cannot it never can again (ranks and attempts only grow), so the stage
+  drops it from its books instead of firing it for nothing.
 * **Resend**: a receipt failing with a code of :data:`RESEND_CODES` on a channel that keeps
   its message for it, for the latest attempt, while resends are left, sends the message again
   (same message id, next attempt, avoiding the connector that failed) instead of ending it.
@@ -45,6 +48,9 @@ UNKNOWN_CODE = 30008
 RECEIPT_WINDOW = "receipt_window"
 IN_DOUBT = "in_doubt"
 H_RESEND_AVOID = "telex.resend.avoid"  # header of a resend on dispatch-ready
+# Header of a deadline (a StatusUpdate with ``timer``) written straight to status-updates: its due
+# time (epoch ms). The status stage keeps it as a timer in the message's entry until then.
+H_TIMER_DUE = "telex.timer.due_ms"
 
 
 UPDATE_FIELDS = ("message_id", "source", "status", "timer", "attempt", "account_id", "channel",
@@ -185,6 +191,25 @@ def apply(state: MessageStatus | None, update: Mapping[str, Any], now_ms: int,
                   event if moved else None, timers)
 
 
+def deadline_update(update: Mapping[str, Any], timer: Timer) -> dict[str, Any]:
+    """The StatusUpdate by which ``timer``, booked by ``update``, comes due."""
+    return {**update, "status": None, "timer": timer.kind, "attempt": timer.attempt,
+            "source": "timeout", "resend_message": None}
+
+
+def live(state: MessageStatus | None, kind: str, attempt: int) -> bool:
+    """Whether a deadline of ``kind`` for ``attempt`` would still act on ``state``. Once False it
+    stays False: statuses only move up and attempts only grow."""
+    if state is None:
+        return True
+    if kind == RECEIPT_WINDOW:
+        return state.status == "sent" and state.attempt == attempt
+    if kind == IN_DOUBT:
+        rank = RANK[state.status] if state.status else -1
+        return rank < RANK["sent"] and state.attempt <= attempt
+    return True  # unknown kinds are for apply() to refuse
+
+
 def _resend(state: MessageStatus, update: Mapping[str, Any], status: str, attempt: int,
             policy: Policy) -> Resend | None:
     if (update["source"] != "receipt" or status not in ("undelivered", "failed")
@@ -198,11 +223,10 @@ def _resend(state: MessageStatus, update: Mapping[str, Any], status: str, attemp
 
 def _deadline(state: MessageStatus, update: Mapping[str, Any], now_ms: int) -> Result:
     kind, attempt = update["timer"], int(update.get("attempt") or 0)
-    rank = RANK[state.status] if state.status else -1
-    if kind == RECEIPT_WINDOW and state.status == "sent" and state.attempt == attempt:
+    if kind == RECEIPT_WINDOW and live(state, kind, attempt):
         reason = "no delivery receipt within the receipt window: delivery unknown"
         status = "undelivered"
-    elif kind == IN_DOUBT and rank < RANK["sent"] and state.attempt <= attempt:
+    elif kind == IN_DOUBT and live(state, kind, attempt):
         reason = "in doubt after a dispatch restart and no receipt proved the send: unknown"
         status = "failed"
     elif kind in (RECEIPT_WINDOW, IN_DOUBT):

@@ -15,6 +15,7 @@ from pipeline.runtime.deadletter import H_ERROR_CLASS, H_ERROR_MESSAGE, H_STAGE
 from pipeline.runtime.delay import H_DUE, H_TARGET
 from pipeline.sdk import OutboundMessage, TelexProducer
 from pipeline.settings import Settings
+from pipeline.stages.status_decision import H_TIMER_DUE
 from pipeline.trace import describe
 from tests.fixtures.telex import Worker
 from tests.pipeline.test_dlq_cli import telex
@@ -145,6 +146,9 @@ def test_describe_names_what_each_record_says():
     assert describe("status-updates", "status_update", {
         "status": None, "timer": "receipt_window", "attempt": 1}, {}) == (
         "deadline receipt_window due (attempt 1)")
+    assert describe("status-updates", "status_update", {
+        "status": None, "timer": "in_doubt", "attempt": 1}, {H_TIMER_DUE: "1000"}) == (
+        "deadline in_doubt booked for 1970-01-01T00:00:01.000Z (attempt 1)")
     assert describe("dlq-dispatch", None, None, {
         H_STAGE: "dispatch", H_ERROR_CLASS: "NoRouteError",
         H_ERROR_MESSAGE: "no route for sms recipient '+14155550123'",

@@ -140,3 +140,131 @@ def test_keystate_reads_fields_and_defaults(store: Store):
     state.delete("a")
     assert KeyState(store, "k", 0).get("b") == 2
     assert KeyState(store, "k", 0).get("a") is None
+
+
+# -- timers: the due-time index --
+
+def _replay(source: Store, target: Store) -> None:
+    """What a restore does: apply the source's changelog records to a fresh store."""
+    for key, raw in source.changes(0):
+        target.restore(key, raw)
+    if isinstance(target, DiskStore):
+        target.restored(1)
+
+
+def test_a_timer_is_due_only_from_its_due_time(store: Store):
+    """A key's timer is listed by ``due`` once the clock reaches it, not before."""
+    KeyState(store, "a", 100).set_timer(500)
+    assert store.due(499, 10) == []
+    assert store.due(500, 10) == ["a"]
+
+
+def test_due_lists_keys_in_due_order_up_to_the_limit(store: Store):
+    """Keys come in due order, at most ``limit`` of them; before and after a checkpoint."""
+    for key, due in (("late", 300), ("early", 100), ("mid", 200)):
+        KeyState(store, key, 0).set_timer(due)
+    assert store.due(900, 2) == ["early", "mid"]
+    store.checkpointed(1)
+    assert store.due(900, 10) == ["early", "mid", "late"]
+
+
+def test_a_cancelled_timer_is_not_due(store: Store):
+    """Cancelling a timer removes it from the index, written or checkpointed."""
+    KeyState(store, "a", 0).set_timer(100)
+    KeyState(store, "b", 0).set_timer(100)
+    store.checkpointed(1)
+    KeyState(store, "a", 0).set_timer(None)
+    KeyState(store, "b", 0).set("x", 1)
+    assert store.due(200, 10) == ["b"]
+    store.checkpointed(2)
+    assert store.due(200, 10) == ["b"]
+
+
+def test_a_rescheduled_timer_is_due_at_its_new_time_only(store: Store):
+    """Moving a timer later (or earlier) leaves one index entry, at the new time."""
+    KeyState(store, "a", 0).set_timer(100)
+    store.checkpointed(1)
+    KeyState(store, "a", 0).set_timer(300)
+    assert store.due(200, 10) == []
+    store.checkpointed(2)
+    assert store.due(200, 10) == []
+    assert store.due(300, 10) == ["a"]
+    KeyState(store, "a", 0).set_timer(50)
+    assert store.due(60, 10) == ["a"]
+
+
+def test_a_timer_costs_no_changelog_record_of_its_own(store: Store):
+    """Booking a timer beside a field write leaves the key's one record, timer included."""
+    state = KeyState(store, "a", 0)
+    state.set("x", 1)
+    state.set_timer(100)
+    changes = list(store.changes(0))
+    assert len(changes) == 1
+    assert decode_entry(changes[0][1])[0] == {"x": 1, "_timer": 100}
+
+
+def test_a_timer_stays_due_until_moved_or_cleared(store: Store):
+    """Listing due keys does not consume them: an unfired (crashed) timer is listed again."""
+    KeyState(store, "a", 0).set_timer(100)
+    assert store.due(100, 10) == ["a"]
+    assert store.due(100, 10) == ["a"]
+    KeyState(store, "a", 100).set_timer(None)
+    assert store.due(100, 10) == []
+
+
+def test_an_expired_entry_does_not_fire_its_timer(store: Store):
+    """A timer beyond its entry's retention goes with the entry (ttl 1 s here)."""
+    KeyState(store, "a", 0).set_timer(5_000)
+    assert store.due(5_000, 10) == []
+
+
+def test_clearing_the_only_field_but_the_timer_removes_the_entry(store: Store):
+    """An entry left holding only its timer is deleted (tombstone), and its timer with it."""
+    state = KeyState(store, "a", 0)
+    state.set("x", 1)
+    state.set_timer(100)
+    state.delete("x")
+    assert store.get("a", 0) is None
+    assert store.due(100, 10) == []
+
+
+@pytest.mark.parametrize("kind", ["memory", "disk"])
+def test_restore_rebuilds_the_timer_index(tmp_path: Path, kind: str):
+    """A store restored from the changelog lists the same due timers as the one that wrote it."""
+    source = MemoryStore("s", 0, 10_000)
+    for i, due in enumerate((300, 100, 200)):
+        state = KeyState(source, f"k{i}", 0)
+        state.set("x", i)
+        state.set_timer(due)
+    KeyState(source, "plain", 0).set("x", 9)
+    restored = (MemoryStore("s", 0, 10_000) if kind == "memory"
+                else DiskStore("s", 0, 10_000, tmp_path / "db"))
+    _replay(source, restored)
+    assert restored.due(250, 10) == ["k1", "k2"]
+    assert KeyState(restored, "k1", 0).timer == 100
+    restored.close()
+
+
+def test_a_restored_tombstone_removes_the_disk_timer_index(tmp_path: Path):
+    """Replaying a later tombstone (or a timer-less value) over a timed entry drops its index."""
+    db = DiskStore("s", 0, 10_000, tmp_path / "db")
+    db.restore("a", encode_entry({"x": 1, "_timer": 100}, 10_000))
+    db.restore("b", encode_entry({"x": 1, "_timer": 100}, 10_000))
+    db.restored(2)
+    db.restore("a", None)
+    db.restore("b", encode_entry({"x": 2}, 10_000))
+    db.restored(4)
+    assert db.due(1_000, 10) == []
+    db.close()
+
+
+def test_a_disk_store_keeps_its_timer_index_across_reopening(tmp_path: Path):
+    """The disk index is local and consistent with the checkpointed entries: no replay needed."""
+    db = DiskStore("s", 0, 10_000, tmp_path / "db")
+    KeyState(db, "a", 0).set_timer(100)
+    db.checkpointed(5)
+    db.close()
+    again = DiskStore("s", 0, 10_000, tmp_path / "db")
+    assert again.restore_from() == 5
+    assert again.due(100, 10) == ["a"]
+    again.close()
