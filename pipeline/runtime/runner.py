@@ -352,10 +352,13 @@ class StageRunner:
 
 
 def restore(store: Store, restorer: Consumer, changelog: TopicPartition,
-            committed: int) -> tuple[int, int]:
+            committed: int = 2**62,
+            entry: Callable[[bytes | None], bytes | None] | None = None) -> tuple[int, int]:
     """Replay ``changelog`` into ``store`` from the store's local checkpoint (or the start) to
     the partition's end; records headed with an input offset beyond ``committed`` are skipped.
-    Returns (records applied, records skipped)."""
+    ``entry`` turns a record's value into the store's entry (for a topic that serves as the
+    changelog of a store without being written in its format, e.g. dispatch's journal; None
+    drops the key). Returns (records applied, records skipped)."""
     low, high = _retrying(
         lambda: restorer.get_watermark_offsets(changelog, timeout=30, cached=False))
     start = store.restore_from()
@@ -382,7 +385,8 @@ def restore(store: Store, restorer: Consumer, changelog: TopicPartition,
                     skipped += 1  # a checkpoint that never committed
                     continue
                 key = msg.key()
-                store.restore(key.decode() if key is not None else "", msg.value())
+                value = msg.value() if entry is None else entry(msg.value())
+                store.restore(key.decode() if key is not None else "", value)
                 applied += 1
         restorer.unassign()
     if isinstance(store, DiskStore):

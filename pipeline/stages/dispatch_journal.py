@@ -43,9 +43,10 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
 from pipeline.codec import AvroCodec
+from pipeline.runtime.runner import restore
 from pipeline.runtime.store import DiskStore, encode_entry
 from pipeline.settings import Settings
 from pipeline.stages.validate import VALIDITY_MAX_S
@@ -167,40 +168,22 @@ class Journal:
             **self._settings.kafka_config(), "group.id": self._settings.topic("dispatch.restore"),
             "enable.auto.commit": False, "isolation.level": "read_committed",
         })
+        now = _now_ms()
+
+        def entry(raw: bytes | None) -> bytes | None:
+            if raw is None:
+                return None  # a tombstone
+            decoded = self._codec.decode(raw, expected="dispatch_journal_entry")
+            expires = int(decoded["at_ms"]) + self._ttl_ms
+            return encode_entry(decoded, expires) if expires > now else None  # expired: drop
+
+        start = store.restore_from()
         try:
-            low, high = consumer.get_watermark_offsets(tp, timeout=30, cached=False)
-            start = store.restore_from()
-            start = low if start is None or start < low else start
-            applied = 0
-            now = _now_ms()
-            if start < high:
-                consumer.assign([TopicPartition(tp.topic, tp.partition,
-                                                start if start > 0 else OFFSET_BEGINNING)])
-                position = start
-                while position < high:
-                    msgs = consumer.consume(5_000, 1.0)
-                    if not msgs:  # compaction can leave the last offsets empty
-                        position = max(position, consumer.position([tp])[0].offset)
-                    for msg in msgs:
-                        err = msg.error()
-                        if err is not None:
-                            if err.fatal():
-                                raise KafkaException(err)
-                            continue
-                        position = msg.offset() + 1
-                        key = msg.key().decode()
-                        raw = msg.value()
-                        if raw is not None:
-                            entry = self._codec.decode(raw, expected="dispatch_journal_entry")
-                            expires = int(entry["at_ms"]) + self._ttl_ms
-                            raw = encode_entry(entry, expires) if expires > now else None
-                        store.restore(key, raw)  # None: a tombstone, or already expired
-                        applied += 1
-            store.restored(high)
+            applied, _ = restore(store, consumer, tp, entry=entry)
         finally:
             consumer.close()
         log.info("journal_restored", partition=store.partition, records=applied,
-                 from_offset=start, to_offset=high,
+                 from_offset=start,
                  seconds=round(time.perf_counter() - started, 3))
         return applied
 
