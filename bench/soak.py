@@ -3,7 +3,8 @@
     python -m bench.soak --minutes 60 --rate 150 [--sample-s 5] [--warmup 0.1] [--json soak.json]
 
 On one broker (a fresh local one unless KAFKA_BOOTSTRAP_SERVERS is set), the rig of
-:mod:`bench.pipeline` (every stage as its own process, an SMSC simulator answering DELIVRD):
+:mod:`bench.rig` (one whole-topology worker, or with ``--stages-apart`` a process per stage;
+the SMSC and HTTP channel simulators) and the load of :mod:`bench.load`:
 
 1. offer ``--rate`` messages a second for ``--minutes`` (open loop: message i is due at
    t0 + i/rate, whatever happened to earlier ones);
@@ -35,7 +36,9 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from bench.harness import proc_stats
-from bench.pipeline import Rig, offer, rig
+from bench.load import encoded
+from bench.pipeline import Run
+from bench.rig import Rig, _label, _tree, rig
 from pipeline.codec import AvroCodec
 from pipeline.devbroker import DevBroker
 from pipeline.history import FINAL
@@ -148,19 +151,36 @@ def wait_final(r: Rig, ids: set[str], timeout_s: float) -> dict[str, str]:
     return latest
 
 
+def processes(r: Rig, broker_pid: int | None) -> dict[str, int]:
+    """Every process to sample, by label: each Telex process (a whole-topology worker's
+    children too), the simulators and the broker."""
+    out: dict[str, int] = dict(r.harness)
+    for root_label, root in r.telex.items():
+        for pid in _tree(root):
+            label = _label(pid) or root_label
+            out[label if label not in out else f"{label} {pid}"] = pid
+    if broker_pid is not None:
+        out["broker (JVM)"] = broker_pid
+    return out
+
+
 def soak(bootstrap: str, tmp: Path, broker_pid: int | None, args: argparse.Namespace
          ) -> dict[str, Any]:
     seconds = args.minutes * 60
-    with rig(bootstrap, tmp, broker_pid) as r:
+    shape = "stages-apart" if args.stages_apart else "workers"
+    with rig(bootstrap, tmp, shape, 0 if args.stages_apart else 1) as r:
+        pids = processes(r, broker_pid)
         samples = Samples(args.rate)
         stop = threading.Event()
         sampler = threading.Thread(target=sample_until, daemon=True,
-                                   args=(samples, r.pids, stop, args.sample_s, seconds))
-        samples.take(r.pids, seconds)
+                                   args=(samples, pids, stop, args.sample_s, seconds))
+        samples.take(pids, seconds)
         sampler.start()
-        sent = offer(r, args.rate, seconds, TAG)
+        report = Run(r).offer(args.rate, seconds, TAG)
+        sent = [key for key, _ in encoded(r.settings, TAG, int(args.rate * seconds))]
+        sent = sent[:int(report["sent"])]
         offered_s = time.monotonic() - samples.started
-        samples.take(r.pids, seconds)
+        samples.take(pids, seconds)
         print(f"offered {len(sent)} messages in {offered_s:.0f} s; waiting for final "
               "statuses", flush=True)
         latest = wait_final(r, set(sent), args.drain_timeout)
@@ -202,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="fraction of the offer time before memory is judged")
     parser.add_argument("--drain-timeout", type=float, default=600,
                         help="seconds to wait for final statuses after the offer")
+    parser.add_argument("--stages-apart", action="store_true",
+                        help="one process per stage (default: one whole-topology worker)")
     parser.add_argument("--json", type=Path, default=None, help="write every figure here")
     args = parser.parse_args(argv)
     with TemporaryDirectory(prefix="telex-bench-soak-") as tmp:
