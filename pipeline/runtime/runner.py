@@ -43,7 +43,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import structlog
 from confluent_kafka import (
@@ -65,7 +65,7 @@ from pipeline.metrics import (
 )
 from pipeline.producing import produce_waiting
 from pipeline.runtime.membership import is_lost_membership
-from pipeline.runtime.stage import Out, Record, Stage, StoreSpec
+from pipeline.runtime.stage import Out, Record, Stage, StoreSpec, header_value
 from pipeline.runtime.store import DiskStore, MemoryStore, Store
 from pipeline.settings import Settings
 
@@ -380,7 +380,7 @@ def restore(store: Store, restorer: Consumer, changelog: TopicPartition,
                         raise KafkaException(err)
                     continue
                 position = msg.offset() + 1
-                source = _header(msg.headers(), H_SOURCE_OFFSET)
+                source = header_value(msg.headers(), H_SOURCE_OFFSET)
                 if source is not None and int(source) > committed:
                     skipped += 1  # a checkpoint that never committed
                     continue
@@ -431,10 +431,3 @@ _RETRIABLE_CODES = frozenset({
     KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.COORDINATOR_NOT_AVAILABLE,
     KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._TIMED_OUT, KafkaError.REQUEST_TIMED_OUT,
 })
-
-
-def _header(headers: Any, name: str) -> bytes | None:
-    for k, v in headers or ():
-        if k == name:
-            return v  # type: ignore[no-any-return]
-    return None

@@ -62,6 +62,14 @@ class Input:
     store: StoreSpec | None = None
 
 
+def header_value(headers: Headers | None, name: str) -> bytes | None:
+    """The first value of header ``name`` (consumed records and changelog records alike)."""
+    for k, v in headers or ():
+        if k == name:
+            return v
+    return None
+
+
 class Record:
     """One consumed record, decoded only as far as the runtime needs (key as text)."""
 
@@ -78,10 +86,7 @@ class Record:
         self.timestamp = timestamp
 
     def header(self, name: str) -> bytes | None:
-        for k, v in self.headers or ():
-            if k == name:
-                return v
-        return None
+        return header_value(self.headers, name)
 
 
 class Stage:
