@@ -145,6 +145,9 @@ class HttpChannelSimulator:
         self._server = _Server((self.config.host, self.config.port), _handler(self))
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
                                         name="http-channel-simulator", daemon=True)
+        self._gate = threading.Event()
+        self._gate.set()
+        self._held = 0
 
     @property
     def port(self) -> int:
@@ -162,6 +165,32 @@ class HttpChannelSimulator:
         """Status webhook decisions so far, by issued wamid."""
         return {r.receipts.wamid: r.receipts for r in list(self.sends) if r.receipts}
 
+    def hold(self) -> None:
+        """Hold every send request from now on without answering it (until :meth:`release`):
+        a test that must crash its client while a send is in flight waits for
+        :attr:`held` instead of hoping a kill lands inside the latency."""
+        self._gate.clear()
+
+    def release(self) -> None:
+        """Answer the held requests (as received: each is recorded and gets its statuses)."""
+        self._gate.set()
+
+    @property
+    def held(self) -> int:
+        """Send requests waiting at the gate now."""
+        return self._held
+
+    def _wait_at_gate(self) -> None:
+        if self._gate.is_set():
+            return
+        with self._lock:
+            self._held += 1
+        try:
+            self._gate.wait()
+        finally:
+            with self._lock:
+                self._held -= 1
+
     def start(self) -> HttpChannelSimulator:
         self._thread.start()
         self._webhooks.start()
@@ -170,6 +199,7 @@ class HttpChannelSimulator:
         return self
 
     def stop(self) -> None:
+        self.release()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(5)
@@ -331,6 +361,7 @@ def _handler(sim: HttpChannelSimulator) -> type[BaseHTTPRequestHandler]:
                 return self._reply(400, _error(100, "Invalid parameter"))
             if sim.config.latency_s > 0:
                 time.sleep(sim.config.latency_s)  # the simulated carrier's processing time
+            sim._wait_at_gate()
             self._reply(*sim.answer(parts[1], message))
 
         def _reply(self, status: int, payload: dict[str, Any]) -> None:

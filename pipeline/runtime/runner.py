@@ -220,10 +220,11 @@ class StageRunner:
         for out in outs:
             topic = names[out.topic]
             try:
-                produce(topic, out.value, out.key, headers=out.headers or None)
+                produce(topic, out.value, out.key, headers=out.headers or None,
+                        timestamp=out.timestamp_ms)
             except BufferError:
                 produce_waiting(self._producer, topic, value=out.value, key=out.key,
-                                headers=out.headers or None)
+                                headers=out.headers or None, timestamp=out.timestamp_ms)
         self._producer.poll(0)  # serve delivery reports (errors only)
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:

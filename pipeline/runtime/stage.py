@@ -33,12 +33,17 @@ Headers = list[tuple[str, bytes]]
 
 @dataclass(frozen=True, slots=True)
 class Out:
-    """One record a stage emits: destination (catalogue short name), key, Avro value, headers."""
+    """One record a stage emits: destination (catalogue short name), key, Avro value, headers.
+
+    ``timestamp_ms``: the record's Kafka timestamp when it must be the time of the decision
+    (a rate limiter's release), not the time the runtime gets to produce it after the batch.
+    """
 
     topic: str
     key: str
     value: bytes
     headers: Headers = field(default_factory=list)
+    timestamp_ms: int = 0  # 0: librdkafka stamps the produce time
 
 
 @dataclass(frozen=True, slots=True)

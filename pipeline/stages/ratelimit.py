@@ -184,7 +184,10 @@ class RateLimitStage(KeyedStage):
              msg: Mapping[str, Any], value: bytes, next_topic: str, next_key: str,
              now_ms: float, booked_ms: float) -> list[Out]:
         if verdict.kind == "release":
-            return [Out(next_topic, next_key, value)]
+            # Stamped with the decision time, the clock the bucket's slots were booked on
+            # (and the one the scheduler stamps its releases with), not the produce time
+            # after the batch: the released records' timestamps then keep the bucket's limit.
+            return [Out(next_topic, next_key, value, timestamp_ms=int(now_ms))]
         r = verdict.reservation
         if verdict.kind == "defer":
             reason = (f"{dimension} bucket {bucket} ({limit.rate:g}/s, burst {limit.burst:g}): "

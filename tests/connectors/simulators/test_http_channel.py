@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -51,6 +53,23 @@ def test_rate_cap_answers_429() -> None:
     with HttpChannelSimulator(HttpChannelConfig(max_requests_per_s=10)) as sim:
         statuses = [post(sim.base_url + "/v21.0/1/messages", TEXT)[0] for _ in range(5)]
     assert statuses[0] == 200 and 429 in statuses
+
+
+def test_held_requests_are_answered_only_after_release() -> None:
+    """While held, a send request waits unanswered and unrecorded (counted in ``held``); on
+    release it is answered 200 and recorded as received."""
+    with HttpChannelSimulator() as sim, ThreadPoolExecutor(1) as pool:
+        sim.hold()
+        reply = pool.submit(post, sim.base_url + "/v21.0/1/messages", TEXT)
+        deadline = time.monotonic() + 5
+        while sim.held < 1:
+            assert time.monotonic() < deadline, "the request never reached the gate"
+            time.sleep(0.01)  # polling the gate counter; the loop's condition decides
+        assert not reply.done() and not sim.sends
+        sim.release()
+        status, body = reply.result(timeout=5)
+    assert status == 200 and body["messages"][0]["id"].startswith("wamid.")
+    assert sim.held == 0 and [s.http_status for s in sim.sends] == [200]
 
 
 def test_command_line_simulator() -> None:

@@ -1,9 +1,14 @@
 """The rate-limit verdict: release, defer, queue full, expired in queue."""
 
+from pipeline.codec import AvroCodec
 from pipeline.limits import ACCOUNT, ROUTE, SENDER, Limits, bucket_of
+from pipeline.runtime.stage import Record
+from pipeline.runtime.store import MemoryStore
 from pipeline.senders import DEMO_SENDERS
+from pipeline.settings import Settings
 from pipeline.stages.gcra import Limit
-from pipeline.stages.ratelimit import EXPIRED_IN_QUEUE, QUEUE_FULL, decide
+from pipeline.stages.ratelimit import EXPIRED_IN_QUEUE, QUEUE_FULL, RateLimitStage, decide
+from tests.fixtures.samples import sample
 
 HOUR = 3_600_000
 
@@ -60,3 +65,24 @@ def test_recently_queued_bucket_routes_due_messages_through_the_scheduler():
     later = decide(None, 20_000, 1, Limit(1, 1), expires_at_ms=HOUR, queue_cap_ms=HOUR,
                    via_scheduler_until_ms=20_000)
     assert later.kind == "release"
+
+
+def test_direct_release_is_stamped_with_the_decision_time():
+    """A message the sender bucket releases at once carries the time the slot was booked as
+    its Kafka timestamp, the clock the scheduler stamps deferred releases with: produced later
+    (after the rest of the batch), it would otherwise land closer to the deferred slots than
+    the bucket allows."""
+    codec = AvroCodec()
+    decided_at = 1_800_000_000.25
+    settings = Settings()
+    stage = RateLimitStage(settings, Limits.from_mapping({}, DEMO_SENDERS), codec,
+                           clock=lambda: decided_at)
+    msg = sample("message_accepted", sender="+14155550100", channel="sms", segments=1,
+                 expires_at_ms=int(decided_at * 1000) + HOUR)
+    topic = settings.topic("rl-sender")
+    record = Record(topic, 0, 0, bucket_of(SENDER, msg),
+                    codec.encode("message_accepted", msg), None, 0)
+    store = MemoryStore("sender", 0, None)
+    [out] = stage.process([record], {(topic, 0): store}, int(decided_at * 1000) + 40)
+    assert out.topic == "dispatch-ready"
+    assert out.timestamp_ms == int(decided_at * 1000)

@@ -228,10 +228,10 @@ def test_whatsapp_status_webhooks_become_final_statuses(
 
 def test_whatsapp_in_doubt_after_a_dispatch_crash_is_settled_by_receipt_not_resent(
         topics: Settings, worker: Callable[[str, Settings], Worker], tmp_path: Path) -> None:
-    """Dispatch is SIGKILLed while sends are in flight (200 ms each). WhatsApp is never resent
-    blindly: a message the channel received ends as its webhooks say, matched by the message
-    id the channel echoes; one it never received fails with 30008 at the in-doubt deadline.
-    No message is sent twice."""
+    """Dispatch is SIGKILLed while sends are in flight (held unanswered by the channel until
+    the kill). WhatsApp is never resent blindly: a message the channel received ends as its
+    webhooks say, matched by the message id the channel echoes; one it never received fails
+    with 30008 at the in-doubt deadline. No message is sent twice."""
     [port] = free_ports(1)
     config = HttpChannelConfig(access_token=WA_TOKEN, app_secret=WA_SECRET, seed=8,
                                callback_url=f"http://127.0.0.1:{port}/webhooks/wa",
@@ -243,7 +243,12 @@ def test_whatsapp_in_doubt_after_a_dispatch_crash_is_settled_by_receipt_not_rese
         with TelexProducer(settings) as producer:
             ids = set(producer.send_batch(whatsapp(300, "wd")))
         wait_for(lambda: len(sim.sends) >= 100)  # past the first burst: sends trickle at 80/s
+        # In flight for sure: a request reaches the channel only after its ATTEMPTING entry
+        # is on the broker, and the held ones are answered (received) only after the kill.
+        sim.hold()
+        wait_for(lambda: sim.held, until=lambda held: held >= 1)
         workers["dispatch"].kill()
+        sim.release()
         workers["dispatch"] = worker("dispatch", settings)
         wait_final(settings, ids, workers)
         received = Counter(r.opaque for r in sim.sends if r.http_status == 200)
