@@ -52,6 +52,11 @@ class TopicError(TelexError):
     """A topic is unknown, or creating or configuring it failed."""
 
 
+class CheckpointError(TelexError):
+    """Outputs, changelog or journal records were not acknowledged: offsets must not be
+    committed past them. The process stops; its successor re-reads from the last commit."""
+
+
 @dataclass(frozen=True, slots=True)
 class ErrorCode:
     code: int

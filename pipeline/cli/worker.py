@@ -91,7 +91,7 @@ def run_topology(settings: Settings) -> int:
     runners = [_runner(s, settings) for s in batch]
     children = [subprocess.Popen([sys.executable, "-m", "pipeline.cli.main", "worker", s.name],
                                  preexec_fn=die_with_parent()) for s in services]
-    failed: list[BaseException] = []
+    failed: list[str] = []  # why the topology stopped, when it was not asked to
     done = threading.Event()
 
     def stop(*_: object) -> None:
@@ -103,7 +103,7 @@ def run_topology(settings: Settings) -> int:
         try:
             runner.run()
         except BaseException as exc:
-            failed.append(exc)
+            failed.append(f"{runner.stage.name}: {exc!r}")
             log.error("stage_failed", stage=runner.stage.name, error=repr(exc))
             stop()
 
@@ -119,7 +119,7 @@ def run_topology(settings: Settings) -> int:
         for s, child in zip(services, children, strict=True):
             if child.poll() is not None:  # its own supervisor gave up: stop everything
                 log.error("service_exited", stage=s.name, code=child.returncode)
-                failed.append(RuntimeError(f"{s.name} exited with {child.returncode}"))
+                failed.append(f"{s.name} exited with {child.returncode}")
                 stop()
     for t in threads:
         t.join()
@@ -128,4 +128,6 @@ def run_topology(settings: Settings) -> int:
             child.terminate()
     for child in children:
         child.wait()
+    if failed:
+        log.error("topology_failed", reasons=failed)
     return 1 if failed else 0

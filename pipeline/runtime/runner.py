@@ -56,7 +56,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from pipeline.errors import TelexError
+from pipeline.errors import CheckpointError
 from pipeline.metrics import (
     RUNTIME_BATCH_RECORDS,
     RUNTIME_CHANGELOG_RECORDS,
@@ -74,10 +74,6 @@ H_SOURCE_OFFSET = "telex.changelog.source_offset"
 _SWEEP_LIMIT = 200_000
 
 _log = structlog.get_logger("telex.runtime")
-
-
-class CheckpointError(TelexError):
-    """Outputs or changelog records were not acknowledged: offsets must not be committed."""
 
 
 def changelog_topic(settings: Settings, stage: str, store: str) -> str:
@@ -292,6 +288,10 @@ class StageRunner:
             if spec is not None:
                 self._stores[(tp.topic, tp.partition)] = self._restore(spec, tp)
             self._assigned.add((tp.topic, tp.partition))
+        if self._restorer is not None:
+            # Rebalances are rare: no idle consumer (threads, broker connections) in between.
+            self._restorer.close()
+            self._restorer = None
         _log.info("partitions_assigned", stage=self.stage.name,
                   partitions=[f"{tp.topic}[{tp.partition}]" for tp in partitions])
 

@@ -35,6 +35,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from pipeline.errors import CheckpointError
 from pipeline.metrics import RECORDS
 from pipeline.producing import produce_waiting
 from pipeline.runtime.deadletter import counted, headers_of
@@ -316,7 +317,7 @@ class Scheduler:
                 self._consumer.resume([TopicPartition(*key)])
                 part.paused = False
         if self._producer.flush(30) != 0:
-            raise RuntimeError("scheduler: releases not acknowledged within 30 s")
+            raise CheckpointError("scheduler: releases not acknowledged within 30 s")
         if commits:
             try:
                 self._consumer.commit(offsets=commits, asynchronous=False)
@@ -365,7 +366,7 @@ def _check_delivery(err: KafkaError | None, _msg: Message) -> None:
     if err is not None:
         # A failed delivery must not be committed past: stop the process; the records are
         # re-read from the last committed offset on restart.
-        raise RuntimeError(f"scheduler: delivery failed: {err.str()}")
+        raise CheckpointError(f"scheduler: delivery failed: {err.str()}")
 
 
 def run(settings: Settings) -> int:

@@ -422,6 +422,14 @@ class DiskStore(Store):
         raw = self._db.get(_OFFSET_KEY)
         return None if raw is None else _U64.unpack(raw)[0]
 
+    def keys_on_disk(self) -> Iterator[str]:
+        """Keys persisted by checkpoints, expired-but-unswept ones included (diagnostics)."""
+        it = self._db.iter()
+        it.seek(_DATA)
+        while it.valid() and it.key().startswith(_DATA):
+            yield it.key()[len(_DATA):].decode()
+            it.next()
+
     def restored(self, changelog_end: int) -> None:
         """Replay finished at ``changelog_end``: persist what was replayed and where it ended."""
         self.checkpointed(changelog_end)

@@ -52,7 +52,7 @@ from confluent_kafka import (
 from connectors.base import Connector, ConnectorError, ErrorKind, SubmitRequest, SubmitResult
 from pipeline.carriers import Carriers
 from pipeline.codec import AvroCodec
-from pipeline.errors import ConfigError
+from pipeline.errors import CheckpointError, ConfigError
 from pipeline.metrics import (
     CONNECTOR_BREAKER_STATE,
     CONNECTOR_SUBMIT_SECONDS,
@@ -420,7 +420,7 @@ class DispatchWorker:
 
     async def _flush(self) -> None:
         if await asyncio.to_thread(self._producer.flush, 30) != 0:
-            raise RuntimeError("dispatch: journal or outputs not acknowledged within 30 s")
+            raise CheckpointError("dispatch: journal or outputs not acknowledged within 30 s")
 
     def _dead_letter(self, msg: Message, exc: Exception, now: int) -> None:
         key = msg.key().decode() if msg.key() else ""
@@ -431,7 +431,7 @@ class DispatchWorker:
 
 def _check_delivery(err: KafkaError | None, _msg: Message) -> None:
     if err is not None:
-        raise RuntimeError(f"dispatch: delivery failed: {err.str()}")
+        raise CheckpointError(f"dispatch: delivery failed: {err.str()}")
 
 
 def run(settings: Settings) -> int:

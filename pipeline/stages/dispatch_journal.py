@@ -38,7 +38,6 @@ below), not one dict entry per message as before.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,22 +65,6 @@ def retention_s(settings: Settings) -> float:
                settings.in_doubt_window_s)
 
 
-class _JournalStore(DiskStore):
-    """The runtime's :class:`DiskStore` (bounded RocksDB options shared by the process), with a
-    view of the ids it holds."""
-
-    def __init__(self, partition: int, ttl_ms: int, path: Path) -> None:
-        super().__init__(STORE, partition, ttl_ms, path)
-
-    def entries(self) -> Iterator[str]:
-        """Message ids held on disk, expired or not (for tests and `telex` diagnostics)."""
-        it = self._db.iter()
-        it.seek(b"d")
-        while it.valid() and it.key().startswith(b"d"):
-            yield it.key()[1:].decode()
-            it.next()
-
-
 class Journal:
     """Latest journal entry per message id, for the partitions this worker owns.
 
@@ -96,7 +79,7 @@ class Journal:
         self._topic = settings.topic("dispatch-journal")
         self._ttl_ms = int(retention_s(settings) * 1000)
         self._root = Path(settings.state_dir) / settings.topic("dispatch") / STORE
-        self._stores: dict[int, _JournalStore] = {}
+        self._stores: dict[int, DiskStore] = {}
         self._ends: dict[int, int] = {}  # partition -> changelog end after our last delivery
 
     @property
@@ -137,7 +120,7 @@ class Journal:
         replayed = 0
         for p in partitions:
             if p not in self._stores:
-                store = _JournalStore(p, self._ttl_ms, self._root / str(p))
+                store = DiskStore(STORE, p, self._ttl_ms, self._root / str(p))
                 replayed += self._restore(store)
                 self._stores[p] = store
         return replayed
@@ -158,9 +141,9 @@ class Journal:
 
     def entries(self, partition: int) -> list[str]:
         """Message ids on disk for ``partition`` (swept entries excluded)."""
-        return list(self._stores[partition].entries())
+        return list(self._stores[partition].keys_on_disk())
 
-    def _restore(self, store: _JournalStore) -> int:
+    def _restore(self, store: DiskStore) -> int:
         """Replay the journal partition after the store's checkpointed offset."""
         started = time.perf_counter()
         tp = TopicPartition(self._topic, store.partition)
