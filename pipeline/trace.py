@@ -5,7 +5,9 @@ Every topic keyed by message id is read on one partition only, the one the id ha
 ``connector:carrier id``, so their partitions come from the carrier ids the dispatch journal and
 the statuses name; a receipt matches by that key or by the message id it carries. Topics that do
 not exist (yet) are skipped. The rate-limit hops (``rl-*``, keyed by bucket) are not read: the
-deferrals on ``ratelimit-deferrals`` explain what the buckets did.
+deferrals on ``ratelimit-deferrals`` explain what the buckets did. Deadlines still pending
+(receipt window, in doubt) live as timers in the status stage's store: its changelog's latest
+entry for the message tells them.
 
 :func:`describe` (pure) turns one record into a line; :func:`trace` does the reading.
 """
@@ -35,7 +37,10 @@ from pipeline.runtime.deadletter import (
 )
 from pipeline.runtime.delay import H_DUE, H_TARGET, TIER_DELAYS_MS, tier_topic
 from pipeline.runtime.registry import dead_letter_topics
+from pipeline.runtime.runner import changelog_topic
+from pipeline.runtime.store import decode_entry
 from pipeline.settings import Settings
+from pipeline.stages import status as status_stage
 from pipeline.stages.reconcile_decision import receipt_key
 from pipeline.stages.status_decision import H_TIMER_DUE
 from pipeline.topic_reader import read_ranges
@@ -152,6 +157,17 @@ def describe(topic: str, schema: str | None, record: Mapping[str, Any] | None,
     return f"{schema} record"
 
 
+def pending_deadlines(entry: bytes | None) -> list[str]:
+    """The deadlines a status-store entry still holds, a line each (none for a tombstone)."""
+    if entry is None:
+        return []
+    value, _expires = decode_entry(entry)
+    return [f"pending deadline {update.get('timer')} due {ms_to_text(int(due))} "
+            f"(attempt {update.get('attempt')}), held by the status stage"
+            for due, update in sorted(value.get(status_stage.TIMERS_KEY) or [],
+                                      key=lambda t: t[0])]
+
+
 def _carrier_ids(events: list[tuple[Event, Mapping[str, Any] | None]]) -> set[tuple[str, str]]:
     """(connector, carrier id) pairs the message's records name."""
     out = set()
@@ -183,6 +199,19 @@ class _Reader:
         except TimeoutError as exc:
             raise BrokerError(str(exc)) from None
 
+    def deadlines(self, message_id: str) -> list[Event]:
+        """Pending deadlines from the latest status-store changelog entry of the message."""
+        short = changelog_topic(self.settings, status_stage.STAGE, status_stage.STORE
+                                ).removeprefix(self.settings.topic_prefix)
+        latest = None
+        for msg in self.read(self.partitions(short, {message_id})):
+            if (msg.key() or b"").decode("utf-8", "replace") == message_id:
+                latest = msg
+        if latest is None:
+            return []
+        return [Event(latest.timestamp()[1], short, latest.partition(), latest.offset(), what,
+                      None, None) for what in pending_deadlines(latest.value())]
+
     def event(self, msg: Message) -> tuple[Event, Mapping[str, Any] | None, Mapping[str, str]]:
         short = msg.topic().removeprefix(self.settings.topic_prefix)
         headers = header_dict(msg.headers())
@@ -213,4 +242,5 @@ def trace(settings: Settings, message_id: str, *, timeout: float = 10.0) -> list
                 str((record or {}).get("carrier_message_id")))
         if key in keys or pair in carriers or (record or {}).get("message_id") == message_id:
             found.append((event, record))
+    found += [(event, None) for event in reader.deadlines(message_id)]
     return sorted((e for e, _ in found), key=Event.sort_key)

@@ -52,7 +52,7 @@ OUT_TOPICS = ("delivery-status", "delivery-status-latest", "dispatch-ready", "dl
 
 STORE = "status"
 _STATE_KEY = "status"
-_TIMERS_KEY = "timers"  # [[due_ms, deadline StatusUpdate without its null fields], ...]
+TIMERS_KEY = "timers"  # [[due_ms, deadline StatusUpdate without its null fields], ...]
 
 log = structlog.get_logger("telex.status")
 
@@ -95,7 +95,7 @@ class StatusStage(KeyedStage):
         order) exactly as its deadline record on ``status-updates`` would be."""
         outs: list[Out] = []
         while True:
-            due = [t for t in state.get(_TIMERS_KEY) or [] if t[0] <= now_ms]
+            due = [t for t in state.get(TIMERS_KEY) or [] if t[0] <= now_ms]
             if not due:
                 break
             first = min(due, key=lambda t: t[0])
@@ -120,7 +120,7 @@ class StatusStage(KeyedStage):
         """Keep the entry's deadlines: add ``new`` (a repeat of a booked kind and attempt is
         ignored), remove ``drop``, drop those ``status`` makes dead, and set the store's timer
         to the earliest left."""
-        old = state.get(_TIMERS_KEY) or []
+        old = state.get(TIMERS_KEY) or []
         kept = [t for t in old if t != drop]
         known = {(t[1]["timer"], t[1].get("attempt")) for t in kept}
         for due, update in new:
@@ -131,9 +131,9 @@ class StatusStage(KeyedStage):
                                                      int(t[1].get("attempt") or 0))]
         if kept != old:
             if kept:
-                state.set(_TIMERS_KEY, kept)
+                state.set(TIMERS_KEY, kept)
             else:
-                state.delete(_TIMERS_KEY)
+                state.delete(TIMERS_KEY)
         state.set_timer(min(t[0] for t in kept) if kept else None)
 
     def _outputs(self, update: dict[str, Any], result: decision.Result) -> list[Out]:

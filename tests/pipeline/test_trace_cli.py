@@ -11,6 +11,7 @@ from pathlib import Path
 from connectors.simulators.smsc_model import Faults, SmscConfig
 from connectors.simulators.threaded import ThreadedSmsc
 from connectors.smpp.pdu import Status
+from pipeline.display import ms_to_text
 from pipeline.runtime.deadletter import H_ERROR_CLASS, H_ERROR_MESSAGE, H_STAGE
 from pipeline.runtime.delay import H_DUE, H_TARGET
 from pipeline.sdk import OutboundMessage, TelexProducer
@@ -109,6 +110,41 @@ def test_trace_tells_a_deferred_retried_then_delivered_message_in_order(
     assert lines[0] == f"message {traced}: {len(events)} records"
     assert "deferred by sender bucket until" in human.stdout
     assert "4155550100" not in human.stdout and "code 1" not in human.stdout
+
+
+def test_trace_shows_the_pending_receipt_window_of_a_sent_message(
+    topics: Settings, worker: Callable[[str, Settings], Worker], tmp_path: Path,
+):
+    """A message sent but never receipted (the SMSC loses every receipt) waits for its
+    receipt window: trace shows that deadline, held as a timer by the status stage, with the
+    due time the window gives (sent time + window)."""
+    with ThreadedSmsc(SmscConfig(seed=6), Faults(lost_receipt_rate=1.0)) as smsc:
+        settings = configured(topics, tmp_path, smsc).model_copy(
+            update={"receipt_window_s": 3600})
+        for stage in STAGES:
+            worker(stage, settings)
+        with TelexProducer(settings) as producer:
+            [traced] = producer.send_batch([OutboundMessage(
+                account_id="acct-1", channel="sms", sender=SENDER, recipient="+14152019999",
+                body="code", idempotency_key="trace-window")])
+        deadline = time.monotonic() + 120
+        while True:
+            events = json.loads(telex(settings, "trace", traced, "--json").stdout)["events"]
+            pending = [e for e in events if e["what"].startswith("pending deadline")]
+            sent = [e for e in events
+                    if e["topic"] == "delivery-status" and e["what"].startswith("status sent")]
+            if pending and sent:
+                break
+            assert time.monotonic() < deadline, [(e["topic"], e["what"]) for e in events]
+            time.sleep(0.5)  # pacing the polls; the condition above decides
+
+    [window] = pending
+    assert window["topic"] == "status-status-changelog"
+    assert window["what"].startswith("pending deadline receipt_window due ")
+    assert window["what"].endswith("(attempt 0), held by the status stage")
+    due = window["what"].removeprefix("pending deadline receipt_window due ").split(" ")[0]
+    sent_at = sent[0]["record"]["event_time_ms"]
+    assert due == ms_to_text(sent_at + 3_600_000)
 
 
 def test_trace_of_an_unknown_message_exits_1(topics: Settings):
