@@ -52,7 +52,10 @@ __all__ = [
     "load_schemas",
 ]
 
-SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas"
+# ``pipeline/schemas`` links to the repository's ``schemas/`` (where the layout keeps them), so
+# the same path works from a checkout and from an installed wheel, which ships them as
+# package data.
+SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 SINGLE_OBJECT_MARKER = b"\xc3\x01"
 _SINGLE_OBJECT_HEADER_LEN = 10  # marker (2) + fingerprint (8)
 _REGISTRY_MAGIC = b"\x00"

@@ -27,7 +27,7 @@ from pipeline.stages.status_decision import RANK
 __all__ = ["FINAL", "HistoryReader", "applied", "independent_history", "regressions"]
 
 FINAL = ("delivered", "undelivered", "failed", "read", "canceled")
-_SCHEMA_FILE = Path(__file__).resolve().parents[1] / "schemas" / "delivery_status.avsc"
+_SCHEMA_FILE = Path(__file__).resolve().parent / "schemas" / "delivery_status.avsc"
 _LEADERSHIP = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
                KafkaError.UNKNOWN_TOPIC_OR_PART}
 _MARKER = b"\xc3\x01"

@@ -1,0 +1,90 @@
+"""Prometheus metrics shared by every stage, labelled by stage so one dashboard fits all."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+RECORDS = Counter(
+    "telex_stage_records_total",
+    "Records a stage finished, by outcome (accepted, duplicate, conflict, rejected, ...).",
+    ["stage", "outcome"],
+)
+REJECTED = Counter(
+    "telex_stage_rejected_total",
+    "Messages a stage ended as failed, by user-facing error code.",
+    ["stage", "code"],
+)
+DEAD_LETTERS = Counter(
+    "telex_dead_letters_total",
+    "Records routed to a dead-letter topic, by stage and error class.",
+    ["stage", "error_class"],
+)
+RETRIES = Counter(
+    "telex_retries_total", "Records sent to a retry topic, by stage and attempt.",
+    ["stage", "attempt"],
+)
+PROCESSING_SECONDS = Histogram(
+    "telex_stage_processing_seconds",
+    "Time a stage spends deciding one record (excludes waiting for input).",
+    ["stage"],
+    buckets=(0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0),
+)
+END_TO_END_SECONDS = Histogram(
+    "telex_stage_event_age_seconds",
+    "Age of a record (now minus its Kafka timestamp) when a stage finished it.",
+    ["stage"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 300),
+)
+CONSUMER_LAG = Gauge(
+    "telex_consumer_lag_records", "Records behind the partition end, per stage and partition.",
+    ["stage", "topic", "partition"],
+)
+RATELIMIT_BACKLOG = Gauge(
+    "telex_ratelimit_backlog_seconds",
+    "How far ahead a bucket is booked: about the wait a new message would see.",
+    ["dimension", "bucket"],
+)
+RATELIMIT_QUEUED_SEGMENTS = Gauge(
+    "telex_ratelimit_queued_segments",
+    "Segments booked ahead in a bucket: its queue depth.",
+    ["dimension", "bucket"],
+)
+CONNECTOR_SUBMITS = Counter(
+    "telex_connector_submits_total",
+    "Submits per connector, by result: ok or the error kind (throttled, timeout, ...).",
+    ["connector", "result"],
+)
+CONNECTOR_SUBMIT_SECONDS = Histogram(
+    "telex_connector_submit_seconds",
+    "Time from handing a message to a connector until the carrier answered.",
+    ["connector"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+)
+CONNECTOR_WINDOW_IN_USE = Gauge(
+    "telex_connector_window_in_use", "Outstanding submits of a connector (its window).",
+    ["connector"],
+)
+CONNECTOR_BREAKER_STATE = Gauge(
+    "telex_connector_breaker_state",
+    "Circuit breaker per connector: 0 closed, 1 half-open, 2 open.",
+    ["connector"],
+)
+RUNTIME_BATCH_RECORDS = Histogram(
+    "telex_runtime_batch_records", "Records per polled batch of a batch-runtime stage.",
+    ["stage"], buckets=(1, 10, 50, 100, 500, 1000, 2000, 5000),
+)
+RUNTIME_CHANGELOG_RECORDS = Counter(
+    "telex_runtime_changelog_records_total",
+    "Changelog records written at checkpoints (one per key changed since the last one).",
+    ["stage"],
+)
+RUNTIME_CHECKPOINT_SECONDS = Histogram(
+    "telex_runtime_checkpoint_seconds",
+    "Duration of a checkpoint: changelog, flush, commit, local state.",
+    ["stage"], buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30),
+)
+RUNTIME_RESTORED_KEYS = Counter(
+    "telex_runtime_restored_records_total",
+    "Changelog records replayed into stores on partition assignment.",
+    ["stage", "store"],
+)

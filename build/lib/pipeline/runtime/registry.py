@@ -1,0 +1,105 @@
+"""The one registry of stages: name, entry point, consumer group, inputs, stores, dead letters.
+
+Everything that lists stages reads it: the worker CLI, the topic catalogue (dead-letter and
+changelog topics), `telex lag`/`health`, the demo, the benchmarks and the fault suite.
+Kept free of stage imports (entry points are ``module:attribute`` strings) so the catalogue can
+read it without loading every stage.
+
+Two kinds of stage:
+- ``batch``: a :class:`~pipeline.runtime.stage.Stage` run by
+  :class:`~pipeline.runtime.runner.StageRunner`; the entry point builds it from settings;
+- ``service``: a process with its own loop (timers, carrier I/O, HTTP, a database); the entry
+  point is ``run(settings) -> int``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pipeline.settings import Settings
+
+Kind = Literal["batch", "service"]
+
+
+@dataclass(frozen=True, slots=True)
+class StageSpec:
+    """One stage as operators and tools see it."""
+
+    name: str
+    kind: Kind
+    entry: str  # "module:attribute"
+    inputs: tuple[str, ...]  # catalogue short names
+    stores: tuple[str, ...] = ()  # store names (changelog topic <stage>-<store>-changelog)
+    dead_letter: str | None = None  # catalogue short name
+    needs: str | None = None  # a setting without which the stage is not started by `telex worker`
+    optional: bool = False  # the pipeline delivers without it (health does not require it)
+    description: str = ""
+
+    def group(self, settings: Settings) -> str:
+        """Consumer group of the stage (also its topic-prefixed identity)."""
+        return settings.topic(self.name)
+
+    def load(self) -> Callable[..., Any]:
+        module, _, attr = self.entry.partition(":")
+        return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
+
+
+STAGES: tuple[StageSpec, ...] = (
+    StageSpec("ingest", "batch", "pipeline.stages.ingest:build", ("message-requested",),
+              ("dedup",), "dlq-ingest",
+              description="validation and dedup by idempotency key"),
+    StageSpec("ratelimit", "batch", "pipeline.stages.ratelimit:build",
+              ("message-accepted", "rl-account", "rl-route", "rl-sender"),
+              ("account", "route", "sender"), "dlq-ratelimit",
+              description="account, route and sender buckets"),
+    StageSpec("scheduler", "service", "pipeline.runtime.scheduler:run",
+              tuple(f"delay-t{i}" for i in range(10)), (), "dlq-ratelimit",
+              description="releases delayed records when due"),
+    StageSpec("dispatch", "service", "pipeline.stages.dispatch:run", ("dispatch-ready",), (),
+              "dlq-dispatch", needs="carriers_file",
+              description="submits to carriers through the connectors"),
+    StageSpec("reconcile", "batch", "pipeline.stages.reconcile:build", ("carrier-receipts",),
+              ("match",), "dlq-reconcile",
+              description="joins carrier receipts with submissions"),
+    StageSpec("status", "batch", "pipeline.stages.status:build", ("status-updates",),
+              ("status",), "dlq-status",
+              description="the one owner of each message's status"),
+    StageSpec("webhooks", "service", "pipeline.stages.webhooks:run", (), (), "dlq-reconcile",
+              needs="carriers_file", description="receives carriers' status webhooks"),
+    StageSpec("pgsink", "batch", "pipeline.stages.pgsink:build", ("delivery-status",), (),
+              "dlq-status", needs="database_url", optional=True,
+              description="writes the status history to PostgreSQL"),
+)
+
+NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
+
+
+def spec(name: str) -> StageSpec:
+    for s in STAGES:
+        if s.name == name:
+            return s
+    raise KeyError(f"unknown stage {name!r}; stages: {', '.join(NAMES)}")
+
+
+def consuming() -> dict[str, tuple[str, ...]]:
+    """Inputs of every stage the pipeline needs that consumes topics (for lag and health)."""
+    return {s.name: s.inputs for s in STAGES if s.inputs and not s.optional}
+
+
+def dead_letter_topics() -> tuple[str, ...]:
+    """Every stage's dead-letter topic (short names), each once, plus those reserved for stages
+    to come."""
+    named = dict.fromkeys(s.dead_letter for s in STAGES if s.dead_letter)
+    return tuple(named) + tuple(t for t in RESERVED_DEAD_LETTERS if t not in named)
+
+
+#: Dead-letter topics of stages not built yet, created so their consumers can be set up first.
+RESERVED_DEAD_LETTERS = ("dlq-callbacks",)
+
+
+def changelogs() -> tuple[tuple[str, str], ...]:
+    """(stage, store) of every store: each has a compacted changelog topic."""
+    return tuple((s.name, store) for s in STAGES for store in s.stores)

@@ -1,0 +1,434 @@
+"""The batch-at-a-time stage runtime on confluent-kafka: poll, decide, produce, checkpoint.
+
+One :class:`StageRunner` runs one :class:`~pipeline.runtime.stage.Stage` in consumer group
+``<prefix><stage>``:
+
+1. **Poll** up to ``batch_max`` records (waits only when nothing is buffered, and returns as
+   soon as one record arrives: batching never adds latency at a low rate).
+2. **Decide**: the stage turns the batch into outputs, reading and writing its stores.
+3. **Produce** the outputs at once (idempotent producer, ``acks=all``); they are on their way
+   while the next batch is polled.
+4. **Checkpoint** every ``commit_interval_s`` or ``checkpoint_records`` records, in this order
+   (at-least-once; each step's failure stops the worker before the next, and the supervisor
+   restarts it):
+   a. sweep expired entries of every store (tombstones);
+   b. produce **one changelog record per dirty key** to the store's compacted changelog topic,
+      on the input's partition number, headed with the input offset being committed;
+   c. flush the producer and check every delivery report: any failure stops the worker;
+   d. commit the input offsets (a commit refused because a rebalance is under way or the
+      group moved on is logged and retried at the next checkpoint; partitions really lost are
+      dropped by ``on_lost``, and their new owner re-reads the uncommitted records);
+   e. tell the stores their changes are durable (a disk store writes them now, with the
+      changelog end offset, so its local copy never runs ahead of the changelog).
+
+**Punctuation** (timers kept in the stores, see :mod:`pipeline.runtime.stage`): at most every
+``punctuate_interval_s``, whether records arrive or not (the poll's wait ends at the next
+punctuation, so an idle worker wakes for it without spinning), the stage's
+:meth:`~pipeline.runtime.stage.Stage.punctuate` runs for every assigned partition's store. Its
+outputs are produced at once and its store changes (fired timers cleared) are dirty keys: both
+go through the next checkpoint exactly like a batch's, so a crash before that checkpoint
+restores the timers and fires them again (at least once).
+
+**Restore**: on assignment (cooperative-sticky: only moved partitions pause) each store is
+rebuilt from its changelog before any input record of that partition is processed; changelog
+records headed with an input offset beyond the partition's committed offset are skipped (they
+belong to a checkpoint that never committed, whose input is about to be processed again).
+On revocation the runner checkpoints first; on lost membership it drops the partitions' state.
+A record polled in the same call that revoked its partition is left to the new owner.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import structlog
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+
+from pipeline.errors import CheckpointError
+from pipeline.metrics import (
+    RUNTIME_BATCH_RECORDS,
+    RUNTIME_CHANGELOG_RECORDS,
+    RUNTIME_CHECKPOINT_SECONDS,
+    RUNTIME_RESTORED_KEYS,
+)
+from pipeline.producing import produce_waiting
+from pipeline.runtime.membership import is_lost_membership
+from pipeline.runtime.stage import Out, Record, Stage, StoreSpec, header_value
+from pipeline.runtime.store import DiskStore, MemoryStore, Store
+from pipeline.settings import Settings
+
+T = TypeVar("T")
+H_SOURCE_OFFSET = "telex.changelog.source_offset"
+_SWEEP_LIMIT = 200_000
+
+_log = structlog.get_logger("telex.runtime")
+
+
+def changelog_topic(settings: Settings, stage: str, store: str) -> str:
+    """Full name of a store's changelog topic (one per stage store, compacted)."""
+    return settings.topic(f"{stage}-{store}-changelog")
+
+
+class StageRunner:
+    """Runs one stage until :meth:`stop`; see the module docstring for the protocol."""
+
+    def __init__(self, settings: Settings, stage: Stage, *, group: str | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.stage = stage
+        self.group = group or settings.topic(stage.name)
+        self._clock = clock
+        self._stop = threading.Event()
+        self._inputs = {settings.topic(i.topic): i for i in stage.inputs}
+        self._topic_names = _TopicNames(settings)
+        self._producer = Producer({**settings.runtime_producer_config(),
+                                   "on_delivery": self._on_delivery})
+        self._consumer = Consumer({**settings.runtime_consumer_config(self.group)})
+        self._restorer: Consumer | None = None
+        self._stores: dict[tuple[str, int], Store] = {}
+        self._positions: dict[tuple[str, int], int] = {}  # next offset to commit
+        # Partitions this member owns now. A poll can return a record and then, in the same
+        # call, revoke its partition (the rebalance callback runs inside poll/consume): such a
+        # record belongs to the new owner, which reads it from the committed offset.
+        self._assigned: set[tuple[str, int]] = set()
+        self._uncommitted = 0
+        self._delivery_errors: list[str] = []
+        self._state_root = Path(settings.state_dir) / self.group
+        self._batch_max = settings.batch_max
+        self._batch_metric = RUNTIME_BATCH_RECORDS.labels(stage.name)
+        self._changelog_metric = RUNTIME_CHANGELOG_RECORDS.labels(stage.name)
+        self._checkpoint_metric = RUNTIME_CHECKPOINT_SECONDS.labels(stage.name)
+
+    # -- lifecycle --
+
+    def stop(self) -> None:
+        """Ask the loop to finish its batch, checkpoint and leave the group."""
+        self._stop.set()
+
+    def run(self) -> None:
+        self._consumer.subscribe(list(self._inputs), on_assign=self._on_assign,
+                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
+        _log.info("stage_running", stage=self.stage.name, group=self.group,
+                  inputs=sorted(self._inputs))
+        interval = self.settings.commit_interval_s
+        next_checkpoint = time.monotonic() + interval
+        punctuating = type(self.stage).punctuate is not Stage.punctuate
+        tick = self.settings.punctuate_interval_s
+        next_punctuation = time.monotonic() + tick
+        try:
+            while not self._stop.is_set():
+                wait = min(0.5, interval)
+                if punctuating:
+                    wait = max(0.0, min(wait, next_punctuation - time.monotonic()))
+                batch = self._poll(wait)
+                if batch:
+                    self._process(batch)
+                if punctuating and time.monotonic() >= next_punctuation:
+                    self.punctuate()
+                    next_punctuation = time.monotonic() + tick
+                if self._uncommitted and (time.monotonic() >= next_checkpoint or
+                                          self._uncommitted >= self.settings.checkpoint_records):
+                    self.checkpoint()
+                    next_checkpoint = time.monotonic() + interval
+            self.checkpoint()
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        try:
+            self._consumer.close()  # leaves the group (revoke → checkpoint of anything left)
+        except (KafkaException, RuntimeError) as exc:
+            _log.warning("consumer_close_failed", stage=self.stage.name, error=str(exc))
+        for store in self._stores.values():
+            store.close()
+        self._stores.clear()
+        if self._restorer is not None:
+            self._restorer.close()
+        self._producer.flush(30)
+        self.stage.close()
+        _log.info("stage_stopped", stage=self.stage.name)
+
+    # -- the loop --
+
+    def _poll(self, wait_s: float) -> list[Message]:
+        batch = self._consumer.consume(self._batch_max, 0)
+        if not batch:
+            first = self._consumer.poll(wait_s)
+            if first is None:
+                return []
+            batch = [first, *self._consumer.consume(self._batch_max - 1, 0)]
+        return batch
+
+    def _process(self, batch: list[Message]) -> None:
+        records: list[Record] = []
+        positions = self._positions
+        assigned = self._assigned
+        for msg in batch:
+            err = msg.error()
+            if err is not None:
+                if err.fatal():
+                    raise KafkaException(err)
+                _log.warning("consume_error", stage=self.stage.name, error=err.str())
+                continue
+            key = msg.key()
+            topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+            if (topic, partition) not in assigned:
+                continue  # revoked while this batch was being polled: not ours to process
+            records.append(Record(topic, partition, offset,
+                                  None if key is None else key.decode("utf-8", "replace"),
+                                  msg.value(), msg.headers(), msg.timestamp()[1]))
+            positions[(topic, partition)] = offset + 1
+        if not records:
+            return
+        self._batch_metric.observe(len(records))
+        now_ms = int(self._clock() * 1000)
+        outs = self.stage.process(records, self._stores, now_ms)
+        self._produce(outs)
+        self._uncommitted += len(records)
+
+    def punctuate(self) -> None:
+        """Fire every assigned store's due timers; outputs are produced, changes checkpointed."""
+        now_ms = int(self._clock() * 1000)
+        for store in list(self._stores.values()):
+            before = store.dirty_count()
+            outs = self.stage.punctuate(now_ms, store)
+            if outs:
+                self._produce(outs)
+            changed = store.dirty_count() - before
+            if outs or changed:
+                self._uncommitted += max(1, len(outs), changed)
+
+    def _produce(self, outs: list[Out]) -> None:
+        produce = self._producer.produce
+        names = self._topic_names
+        for out in outs:
+            topic = names[out.topic]
+            try:
+                produce(topic, out.value, out.key, headers=out.headers or None,
+                        timestamp=out.timestamp_ms)
+            except BufferError:
+                produce_waiting(self._producer, topic, value=out.value, key=out.key,
+                                headers=out.headers or None, timestamp=out.timestamp_ms)
+        self._producer.poll(0)  # serve delivery reports (errors only)
+
+    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self._delivery_errors.append(f"{msg.topic()}[{msg.partition()}]: {err.str()}")
+
+    # -- checkpoint --
+
+    def checkpoint(self) -> None:
+        """Make everything processed so far durable, then commit it (steps a to e above)."""
+        started = time.perf_counter()
+        now_ms = int(self._clock() * 1000)
+        changed = 0
+        disk: list[tuple[Store, str]] = []
+        for (topic, partition), store in self._stores.items():
+            store.sweep(now_ms, _SWEEP_LIMIT)
+            source = str(self._positions.get((topic, partition), -1)).encode()
+            changelog = changelog_topic(self.settings, self.stage.name, store.name)
+            headers = [(H_SOURCE_OFFSET, source)]
+            for key, raw in store.changes(now_ms):
+                produce_waiting(self._producer, changelog, key=key, value=raw,
+                                partition=partition, headers=headers)
+                changed += 1
+            if isinstance(store, DiskStore):
+                disk.append((store, changelog))
+        left = self._producer.flush(self.settings.flush_timeout_s)
+        if left or self._delivery_errors:
+            errors, self._delivery_errors = self._delivery_errors[:5], []
+            raise CheckpointError(f"{self.stage.name}: {left} records unacknowledged after "
+                                  f"{self.settings.flush_timeout_s} s; errors: {errors}")
+        offsets = [TopicPartition(t, p, o) for (t, p), o in self._positions.items()]
+        committed = True
+        if offsets:
+            try:
+                self._consumer.commit(offsets=offsets, asynchronous=False)
+            except KafkaException as exc:
+                if not is_lost_membership(exc):
+                    raise
+                committed = False
+                _log.warning("commit_refused_lost_membership", stage=self.stage.name,
+                             error=str(exc))
+        if not committed:
+            # Keep state, positions and dirty keys: the next checkpoint writes the changelog
+            # again and retries the commit. Partitions really lost come back through on_lost,
+            # which drops them; their new owner restores up to the old committed offset.
+            self._uncommitted = max(1, self._uncommitted)
+            return
+        for store in self._stores.values():
+            if not isinstance(store, DiskStore):
+                store.checkpointed(None)
+        for store, changelog in disk:
+            _, high = _retrying(lambda c=changelog, p=store.partition:
+                                self._consumer.get_watermark_offsets(
+                                    TopicPartition(c, p), timeout=10, cached=False))
+            store.checkpointed(high)
+        self._uncommitted = 0
+        self._changelog_metric.inc(changed)
+        self._checkpoint_metric.observe(time.perf_counter() - started)
+
+    # -- rebalancing --
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            spec = self._inputs[tp.topic].store
+            if spec is not None:
+                self._stores[(tp.topic, tp.partition)] = self._restore(spec, tp)
+            self._assigned.add((tp.topic, tp.partition))
+        if self._restorer is not None:
+            # Rebalances are rare: no idle consumer (threads, broker connections) in between.
+            self._restorer.close()
+            self._restorer = None
+        _log.info("partitions_assigned", stage=self.stage.name,
+                  partitions=[f"{tp.topic}[{tp.partition}]" for tp in partitions])
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self._stores or self._positions:
+            try:
+                self.checkpoint()
+            except KafkaException as exc:
+                _log.warning("revoke_checkpoint_failed", stage=self.stage.name, error=str(exc))
+        self._drop([(tp.topic, tp.partition) for tp in partitions])
+        _log.info("partitions_revoked", stage=self.stage.name,
+                  partitions=[f"{tp.topic}[{tp.partition}]" for tp in partitions])
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._drop([(tp.topic, tp.partition) for tp in partitions])
+        _log.warning("partitions_lost", stage=self.stage.name,
+                     partitions=[f"{tp.topic}[{tp.partition}]" for tp in partitions])
+
+    def _drop(self, keys: list[tuple[str, int]]) -> None:
+        for key in keys:
+            self._assigned.discard(key)
+            self._positions.pop(key, None)
+            store = self._stores.pop(key, None)
+            if store is not None:
+                store.close()
+
+    def _open(self, spec: StoreSpec, partition: int) -> Store:
+        ttl_ms = None if spec.ttl_s is None else int(spec.ttl_s * 1000)
+        if spec.disk:
+            return DiskStore(spec.name, partition, ttl_ms,
+                             self._state_root / spec.name / str(partition))
+        return MemoryStore(spec.name, partition, ttl_ms)
+
+    def _restore(self, spec: StoreSpec, tp: TopicPartition) -> Store:
+        """A partition's store rebuilt from its changelog, up to the committed input offset."""
+        started = time.perf_counter()
+        store = self._open(spec, tp.partition)
+        changelog = TopicPartition(changelog_topic(self.settings, self.stage.name, spec.name),
+                                   tp.partition)
+        committed = _retrying(lambda: self._consumer.committed(
+            [TopicPartition(tp.topic, tp.partition)], timeout=30)[0].offset)
+        applied, skipped = restore(store, self._restorer_consumer(), changelog, committed)
+        seconds = time.perf_counter() - started
+        RUNTIME_RESTORED_KEYS.labels(self.stage.name, spec.name).inc(applied)
+        _log.info("store_restored", stage=self.stage.name, store=spec.name,
+                  partition=tp.partition, records=applied, skipped_uncommitted=skipped,
+                  seconds=round(seconds, 3),
+                  records_per_s=round(applied / seconds) if seconds > 0 else None)
+        return store
+
+    def _restorer_consumer(self) -> Consumer:
+        if self._restorer is None:
+            self._restorer = Consumer({
+                **self.settings.kafka_config(), "group.id": self.group + ".restore",
+                "enable.auto.commit": False, "auto.offset.reset": "earliest",
+                "fetch.wait.max.ms": 10,
+            })
+        return self._restorer
+
+
+def restore(store: Store, restorer: Consumer, changelog: TopicPartition,
+            committed: int = 2**62,
+            entry: Callable[[bytes | None], bytes | None] | None = None) -> tuple[int, int]:
+    """Replay ``changelog`` into ``store`` from the store's local checkpoint (or the start) to
+    the partition's end; records headed with an input offset beyond ``committed`` are skipped.
+    ``entry`` turns a record's value into the store's entry (for a topic that serves as the
+    changelog of a store without being written in its format, e.g. dispatch's journal; None
+    drops the key). Returns (records applied, records skipped)."""
+    low, high = _retrying(
+        lambda: restorer.get_watermark_offsets(changelog, timeout=30, cached=False))
+    start = store.restore_from()
+    start = low if start is None or start < low else start
+    applied = skipped = 0
+    if start < high:
+        restorer.assign([TopicPartition(changelog.topic, changelog.partition,
+                                        start if start > 0 else OFFSET_BEGINNING)])
+        position = start
+        while position < high:
+            # Ask for exactly what is left, so the last batch returns when it is complete.
+            msgs = restorer.consume(min(10_000, high - position), 0.5)
+            if not msgs:  # compaction can leave the last offsets empty
+                position = max(position, restorer.position([changelog])[0].offset)
+            for msg in msgs:
+                err = msg.error()
+                if err is not None:
+                    if err.fatal():
+                        raise KafkaException(err)
+                    continue
+                position = msg.offset() + 1
+                source = header_value(msg.headers(), H_SOURCE_OFFSET)
+                if source is not None and int(source) > committed:
+                    skipped += 1  # a checkpoint that never committed
+                    continue
+                key = msg.key()
+                value = msg.value() if entry is None else entry(msg.value())
+                store.restore(key.decode() if key is not None else "", value)
+                applied += 1
+        restorer.unassign()
+    if isinstance(store, DiskStore):
+        store.restored(high)
+    return applied, skipped
+
+
+class _TopicNames(dict[str, str]):
+    """Catalogue short name → full topic name, computed once per name."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__()
+        self._prefix = settings.topic_prefix
+
+    def __missing__(self, name: str) -> str:
+        full = self[name] = self._prefix + name
+        return full
+
+
+def _retrying(call: Callable[[], T], deadline_s: float = 60.0) -> T:
+    """``call()``, repeated while it fails with a retriable broker error (a just-created
+    changelog whose leader is not elected yet, a coordinator still loading), up to a deadline;
+    then the error stops the worker and its supervisor restarts it."""
+    deadline = time.monotonic() + deadline_s
+    delay = 0.05
+    while True:
+        try:
+            return call()
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            retriable = isinstance(err, KafkaError) and (
+                err.retriable() or err.code() in _RETRIABLE_CODES)
+            if not retriable or time.monotonic() + delay > deadline:
+                raise
+            _log.info("broker_call_retried", error=str(exc))
+            time.sleep(delay)  # backoff between attempts; bounded by the deadline above
+            delay = min(1.0, delay * 2)
+
+
+_RETRIABLE_CODES = frozenset({
+    KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.COORDINATOR_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._TIMED_OUT, KafkaError.REQUEST_TIMED_OUT,
+})
