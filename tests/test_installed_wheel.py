@@ -4,6 +4,7 @@ outside the repository, works without the checkout (schemas ship inside it)."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -38,9 +39,15 @@ def test_wheel_installed_outside_the_repo_runs_the_cli_and_the_sdk(tmp_path: Pat
     """Build the wheel, install it (with its dependencies) into a new venv in a temporary
     directory, and from there: `telex --help`, `telex demo --help`, and an SDK request encoded
     and decoded with the schemas the wheel carries, imported from the venv, not the repo."""
+    # Built from a copy: setuptools builds in the source tree (build/, *.egg-info), and stale
+    # files left there by an earlier build would end up in the wheel.
+    source = tmp_path / "source"
+    shutil.copytree(REPO, source, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "*.egg-info", "state", ".telex", "__pycache__", "*_cache",
+        ".hypothesis", "results"))
     wheels = tmp_path / "wheels"
     built = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels),
-                  str(REPO)], cwd=tmp_path)
+                  str(source)], cwd=tmp_path)
     assert built.returncode == 0, built.stderr
     [wheel] = wheels.glob("telex-*.whl")
     venv = tmp_path / "venv"

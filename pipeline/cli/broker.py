@@ -10,10 +10,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from pipeline.cli import exits
 from pipeline.devbroker import KAFKA_VERSION, DevBroker, default_state_dir, ensure_jars
 from pipeline.observability import configure_logging
-
-EXIT_NOT_RUNNING = 3  # `status` only, LSB-style: lets scripts test `telex broker status`
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -45,7 +44,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     stop.set_defaults(func=_stop)
 
     status = actions.add_parser("status", parents=[state],
-                                help=f"exit 0 if running, {EXIT_NOT_RUNNING} if not")
+                                help=f"exit 0 if running, {exits.UNREACHABLE} if not")
     status.set_defaults(func=_status)
 
     fetch = actions.add_parser("fetch", help="only download the broker's jars (CI pre-caching)")
@@ -100,7 +99,7 @@ def _status(args: argparse.Namespace) -> int:
     broker = DevBroker.from_state(_state_dir(args))
     if broker is None or not broker.is_running():
         print("not running")
-        return EXIT_NOT_RUNNING
+        return exits.UNREACHABLE
     print(f"running at {broker.bootstrap} (pid {broker.pid}); data {broker.data_dir}; "
           f"log {broker.log_path}")
     return 0

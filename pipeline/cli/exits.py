@@ -11,9 +11,15 @@ from typing import Any
 from pipeline.errors import BrokerError, TopicError
 
 OK = 0
-PROBLEMS = 1  # found problems (dead letters pending, nothing traced) or a partial failure
+# Found problems (dead letters pending, nothing traced), a partial failure, or a command that
+# failed with a Telex error (its message on stderr).
+PROBLEMS = 1
 USAGE = 2  # as argparse: wrong arguments, or a confirmation that could not be asked
-UNREACHABLE = 3  # broker unreachable, or a topic that does not exist
+# The broker is unreachable or not running (`telex broker status`, as LSB's "not running"),
+# or a topic does not exist: one meaning, whichever command says it.
+UNREACHABLE = 3
+# sysexits' EX_CONFIG: a worker's configuration is wrong; its supervisor does not restart it.
+CONFIG = 78
 
 
 def broker_errors(func: Callable[..., int]) -> Callable[..., int]:

@@ -6,17 +6,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from pipeline.cli import broker, demo, dlq, ops, topics, trace, worker
+from pipeline.cli import broker, demo, dlq, exits, ops, topics, trace, worker
 from pipeline.errors import TelexError
 
 # Each command-group module exposes ``register(subparsers)`` and sets ``func`` on its parsers;
 # ``func(args) -> int`` returns the process exit code.
 _GROUPS = (broker, topics, worker, demo, ops, dlq, trace)
-
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="telex", description="Telex delivery pipeline tools")
@@ -33,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except TelexError as exc:
         print(f"telex: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+        return exits.PROBLEMS
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ state from its changelog or journal and repeats at most what it had not committe
 (at-least-once, absorbed downstream). So ``telex worker STAGE`` runs the stage in a child
 process and starts it again when it exits with an error, with backoff; a crash loop
 (:data:`MAX_QUICK_FAILURES` failures, each within :data:`HEALTHY_AFTER_S` of its start) and a
-configuration error (:data:`EXIT_CONFIG`) end the supervisor too, so they stay visible.
+configuration error (exit :data:`pipeline.cli.exits.CONFIG`) end the supervisor too, so they
+stay visible.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from collections.abc import Sequence
 
 import structlog
 
+from pipeline.cli import exits
 from pipeline.procutil import die_with_parent
 
-EXIT_CONFIG = 78  # sysexits' EX_CONFIG: restarting cannot help
 MAX_QUICK_FAILURES = 5
 HEALTHY_AFTER_S = 60.0
 BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
@@ -58,7 +59,7 @@ def supervise(stage: str, child_argv: Sequence[str], *,
         ran = time.monotonic() - started
         if stopping or code == 0:
             return 0 if stopping else code
-        if code == EXIT_CONFIG:
+        if code == exits.CONFIG:
             log.error("worker_config_error", stage=stage)
             return code
         quick_failures = quick_failures + 1 if ran < HEALTHY_AFTER_S else 1

@@ -21,7 +21,7 @@ import threading
 
 import structlog
 
-from pipeline.cli.supervise import EXIT_CONFIG
+from pipeline.cli import exits
 from pipeline.errors import ConfigError
 from pipeline.observability import configure_logging, start_metrics_server
 from pipeline.procutil import die_with_parent
@@ -59,7 +59,7 @@ def _run(args: argparse.Namespace) -> int:
         return run_topology(settings)
     except ConfigError as exc:
         log.error("config_error", error=str(exc))
-        return EXIT_CONFIG
+        return exits.CONFIG
 
 
 def run_stage(spec: registry.StageSpec, settings: Settings) -> int:

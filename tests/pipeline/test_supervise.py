@@ -10,7 +10,8 @@ import textwrap
 import time
 from pathlib import Path
 
-from pipeline.cli.supervise import EXIT_CONFIG, MAX_QUICK_FAILURES, supervise
+from pipeline.cli.exits import CONFIG as EXIT_CONFIG
+from pipeline.cli.supervise import MAX_QUICK_FAILURES, supervise
 
 FAST = (0.05,)
 
