@@ -99,6 +99,7 @@ class HttpServer:
         self._bound: int | None = None
         self._connections: set[_Connection] = set()
         self._closing = False
+        self._received = 0
 
     @property
     def port(self) -> int:
@@ -115,6 +116,13 @@ class HttpServer:
     def in_flight(self) -> int:
         """Requests whose head has arrived and that are not answered yet."""
         return sum(c.busy for c in self._connections)
+
+    @property
+    def received(self) -> int:
+        """Request heads read so far. With :attr:`in_flight`, tells which request is in
+        flight: a request's flag is cleared only after its answer is written, so a client can
+        hold the answer before the server has cleared it."""
+        return self._received
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, self._host, self._port,
@@ -150,6 +158,7 @@ class HttpServer:
                     async with asyncio.timeout(_IDLE_TIMEOUT_S):
                         head = await reader.readuntil(b"\r\n\r\n")
                     conn.busy = True
+                    self._received += 1
                     request = _parse_head(head, reader, peer_text)
                 except HttpRequestError as exc:
                     self._on_refused(f"http_{exc.status}")

@@ -5,7 +5,7 @@
 * ``POST /webhooks/<connector>``, ``<connector>`` a whatsapp connector of ``TELEX_CARRIERS_FILE``:
   (1) unknown connector → 404; (2) body over 1 MiB → 413, unread; (3) X-Hub-Signature-256 checked
   on the raw bytes with the connector's app secret → 401, counted, logged without the body;
-  (4) parsed; a well-signed body that does not parse is dead-lettered to ``dlq-reconcile`` and
+  (4) parsed; a well-signed body that does not parse is dead-lettered to ``dlq-webhooks`` and
   answered 200, since it will never parse and a retry cannot help; (5) every status is produced
   as a CarrierReceipt keyed :func:`receipt_key`; (6) 200 once the broker has acknowledged every
   record of the request (acks=all, idempotent producer), else 503 so the provider retries.
@@ -39,7 +39,7 @@ from pipeline.codec import AvroCodec
 from pipeline.errors import ConfigError, TelexError
 from pipeline.metrics import DEAD_LETTERS
 from pipeline.producing import produce_waiting
-from pipeline.runtime.deadletter import Provenance, dead_letter_headers
+from pipeline.runtime.deadletter import Provenance, dead_letter_headers, dead_letter_topic
 from pipeline.runtime.httpserver import HttpServer, Request, Response
 from pipeline.settings import Settings
 from pipeline.stages.reconcile_decision import receipt_key
@@ -115,7 +115,7 @@ class WebhookReceiver:
         self._verify_token = verify_token or None
         self._codec = AvroCodec.from_settings(settings)
         self._receipts_topic = settings.topic("carrier-receipts")
-        self._dlq_topic = settings.topic("dlq-reconcile")
+        self._dlq_topic = settings.topic(dead_letter_topic(STAGE))
         self._producer = Producer(settings.producer_config())
         self._http = HttpServer(self._handle, settings.webhook_host, settings.webhook_port,
                                 on_refused=lambda reason: REJECTED.labels(_UNKNOWN, reason).inc())
@@ -134,6 +134,11 @@ class WebhookReceiver:
     def in_flight(self) -> int:
         """Requests whose head has arrived and that are not answered yet."""
         return self._http.in_flight
+
+    @property
+    def received(self) -> int:
+        """Request heads read so far (see :attr:`HttpServer.received`)."""
+        return self._http.received
 
     @property
     def accepting(self) -> bool:
