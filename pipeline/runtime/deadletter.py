@@ -15,6 +15,11 @@ import structlog
 
 from pipeline.metrics import DEAD_LETTERS
 
+
+def dead_letter_topic(stage: str) -> str:
+    """Catalogue short name of ``stage``'s dead-letter topic: one per stage, named for it."""
+    return f"dlq-{stage}"
+
 H_PREFIX = "telex.dlq."
 H_ORIGINAL_TOPIC = H_PREFIX + "original_topic"
 H_ORIGINAL_PARTITION = H_PREFIX + "original_partition"

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from pipeline.runtime.deadletter import dead_letter_topic
 from pipeline.settings import Settings
 
 Kind = Literal["batch", "service"]
@@ -33,10 +34,14 @@ class StageSpec:
     entry: str  # "module:attribute"
     inputs: tuple[str, ...]  # catalogue short names
     stores: tuple[str, ...] = ()  # store names (changelog topic <stage>-<store>-changelog)
-    dead_letter: str | None = None  # catalogue short name
     needs: str | None = None  # a setting without which the stage is not started by `telex worker`
     optional: bool = False  # the pipeline delivers without it (health does not require it)
     description: str = ""
+
+    @property
+    def dead_letter(self) -> str:
+        """Catalogue short name of the stage's dead-letter topic (``dlq-<stage>``)."""
+        return dead_letter_topic(self.name)
 
     def group(self, settings: Settings) -> str:
         """Consumer group of the stage (also its topic-prefixed identity)."""
@@ -49,28 +54,28 @@ class StageSpec:
 
 STAGES: tuple[StageSpec, ...] = (
     StageSpec("ingest", "batch", "pipeline.stages.ingest:build", ("message-requested",),
-              ("dedup",), "dlq-ingest",
+              ("dedup",),
               description="validation and dedup by idempotency key"),
     StageSpec("ratelimit", "batch", "pipeline.stages.ratelimit:build",
               ("message-accepted", "rl-account", "rl-route", "rl-sender"),
-              ("account", "route", "sender"), "dlq-ratelimit",
+              ("account", "route", "sender"),
               description="account, route and sender buckets"),
     StageSpec("scheduler", "service", "pipeline.runtime.scheduler:run",
-              tuple(f"delay-t{i}" for i in range(10)), (), "dlq-ratelimit",
+              tuple(f"delay-t{i}" for i in range(10)),
               description="releases delayed records when due"),
-    StageSpec("dispatch", "service", "pipeline.stages.dispatch:run", ("dispatch-ready",), (),
-              "dlq-dispatch", needs="carriers_file",
+    StageSpec("dispatch", "service", "pipeline.stages.dispatch:run", ("dispatch-ready",),
+              needs="carriers_file",
               description="submits to carriers through the connectors"),
     StageSpec("reconcile", "batch", "pipeline.stages.reconcile:build", ("carrier-receipts",),
-              ("match",), "dlq-reconcile",
+              ("match",),
               description="joins carrier receipts with submissions"),
     StageSpec("status", "batch", "pipeline.stages.status:build", ("status-updates",),
-              ("status",), "dlq-status",
+              ("status",),
               description="the one owner of each message's status"),
-    StageSpec("webhooks", "service", "pipeline.stages.webhooks:run", (), (), "dlq-reconcile",
+    StageSpec("webhooks", "service", "pipeline.stages.webhooks:run", (),
               needs="carriers_file", description="receives carriers' status webhooks"),
-    StageSpec("pgsink", "batch", "pipeline.stages.pgsink:build", ("delivery-status",), (),
-              "dlq-status", needs="database_url", optional=True,
+    StageSpec("pgsink", "batch", "pipeline.stages.pgsink:build", ("delivery-status",),
+              needs="database_url", optional=True,
               description="writes the status history to PostgreSQL"),
 )
 
@@ -92,7 +97,7 @@ def consuming() -> dict[str, tuple[str, ...]]:
 def dead_letter_topics() -> tuple[str, ...]:
     """Every stage's dead-letter topic (short names), each once, plus those reserved for stages
     to come."""
-    named = dict.fromkeys(s.dead_letter for s in STAGES if s.dead_letter)
+    named = dict.fromkeys(s.dead_letter for s in STAGES)
     return tuple(named) + tuple(t for t in RESERVED_DEAD_LETTERS if t not in named)
 
 

@@ -38,7 +38,7 @@ from confluent_kafka import (
 from pipeline.errors import CheckpointError
 from pipeline.metrics import RECORDS
 from pipeline.producing import produce_waiting
-from pipeline.runtime.deadletter import counted, headers_of
+from pipeline.runtime.deadletter import counted, dead_letter_topic, headers_of
 from pipeline.runtime.delay import (
     H_DUE,
     H_PACE,
@@ -338,7 +338,7 @@ class Scheduler:
                         timestamp=ts, on_delivery=_check_delivery)
 
     def _dead_letter(self, msg: Message, exc: Exception, now_ms: float) -> None:
-        self._produce(self._settings.topic("dlq-ratelimit"), msg.key(), msg.value(),
+        self._produce(self._settings.topic(dead_letter_topic(STAGE)), msg.key(), msg.value(),
                       headers_of(msg, STAGE, exc, int(now_ms)), int(now_ms))
         counted(STAGE, exc, msg.topic(), msg.partition(), msg.offset())
 

@@ -25,7 +25,12 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from pipeline.runtime.deadletter import Provenance, counted, dead_letter_headers
+from pipeline.runtime.deadletter import (
+    Provenance,
+    counted,
+    dead_letter_headers,
+    dead_letter_topic,
+)
 from pipeline.runtime.store import KeyState, Store
 
 Headers = list[tuple[str, bytes]]
@@ -100,8 +105,6 @@ class Stage:
     #: stage name: consumer group ``<prefix><name>``, dead letters to ``dlq-<name>``.
     name: str = ""
     inputs: tuple[Input, ...] = ()
-    #: where records this stage cannot process go (default ``dlq-<name>``).
-    dead_letter_topic: str | None = None
 
     def process(self, records: Sequence[Record], stores: Mapping[tuple[str, int], Store],
                 now_ms: int) -> list[Out]:
@@ -120,7 +123,7 @@ class Stage:
         """The dead-letter copy of ``record``: original key and bytes, provenance headers."""
         counted(self.name, exc, record.topic, record.partition, record.offset)
         prov = Provenance(record.topic, record.partition, record.offset, record.timestamp)
-        return Out(self.dead_letter_topic or f"dlq-{self.name}", record.key or "",
+        return Out(dead_letter_topic(self.name), record.key or "",
                    record.value or b"",
                    dead_letter_headers(record.headers, prov, self.name, exc, now_ms,
                                        message_id))

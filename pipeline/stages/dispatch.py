@@ -69,7 +69,7 @@ from pipeline.routing import (
     choose,
     counts_against_health,
 )
-from pipeline.runtime.deadletter import counted, headers_of
+from pipeline.runtime.deadletter import counted, dead_letter_topic, headers_of
 from pipeline.runtime.delay import delay_headers, tier_for, tier_topic
 from pipeline.runtime.membership import is_lost_membership
 from pipeline.settings import Settings
@@ -424,7 +424,7 @@ class DispatchWorker:
 
     def _dead_letter(self, msg: Message, exc: Exception, now: int) -> None:
         key = msg.key().decode() if msg.key() else ""
-        self._produce("dlq-dispatch", key, msg.value() or b"",
+        self._produce(dead_letter_topic(STAGE), key, msg.value() or b"",
                       headers_of(msg, STAGE, exc, now, key))
         counted(STAGE, exc, msg.topic(), msg.partition(), msg.offset())
 

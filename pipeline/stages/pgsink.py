@@ -12,7 +12,7 @@ Reads ``delivery-status`` and writes, in one transaction per polled batch:
 Offsets are committed at the runtime's next checkpoint, after the database commit: a crash
 between the two replays the records since the last checkpoint, which the keys above absorb.
 Guarantee: effectively-once rows, at-least-once delivery.
-A record that is not a DeliveryStatus goes to ``dlq-status`` with provenance; the partition
+A record that is not a DeliveryStatus goes to ``dlq-pgsink`` with provenance; the partition
 keeps moving.
 """
 
@@ -86,7 +86,6 @@ class StatusSink(Stage):
 
     name = STAGE
     inputs = (Input(IN_TOPIC),)
-    dead_letter_topic = "dlq-status"
 
     def __init__(self, settings: Settings) -> None:
         if settings.database_url is None:

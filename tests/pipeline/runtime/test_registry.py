@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline.runtime import registry
-from pipeline.runtime.stage import Stage
+from pipeline.runtime.stage import Record, Stage
 from pipeline.settings import load_settings
 from pipeline.stages.pgsink import StatusSink
 from pipeline.topics import catalogue
@@ -27,7 +27,8 @@ def test_a_batch_stage_has_the_inputs_and_stores_the_registry_names(spec: regist
     assert stage.name == spec.name
     assert tuple(i.topic for i in stage.inputs) == spec.inputs
     assert tuple(i.store.name for i in stage.inputs if i.store) == spec.stores
-    assert (stage.dead_letter_topic or f"dlq-{stage.name}") == spec.dead_letter
+    dead = stage.dead_letter(Record("in", 0, 0, "k", b"", None, 0), ValueError("x"), 0)
+    assert dead.topic == spec.dead_letter == f"dlq-{spec.name}"
 
 
 def test_every_topic_the_registry_names_is_in_the_catalogue():

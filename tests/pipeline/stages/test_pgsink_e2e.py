@@ -75,5 +75,5 @@ def test_sink_writes_each_event_once_and_the_current_status(
     assert len(rows) == 300 and {(c, m) for _, c, m in rows} == {(4, 4)}
     assert len(current) == 300 and set(current.values()) == {"delivered"}
     assert late == ("sent", "delivered")
-    dead = read_all(settings, "dlq-status")
+    dead = read_all(settings, "dlq-pgsink")
     assert [m.key() for m in dead] == [b"TXpoison"]
