@@ -28,8 +28,8 @@ from typing import Any
 from pipeline.codec import AvroCodec
 from pipeline.display import redact
 from pipeline.errors import CodecError
-from pipeline.observability import redact_value
-from pipeline.runtime.deadletter import (
+from pipeline.headers import (
+    H_DLQ,
     H_ERROR_CLASS,
     H_ERROR_MESSAGE,
     H_FAILURE_COUNT,
@@ -38,18 +38,18 @@ from pipeline.runtime.deadletter import (
     H_ORIGINAL_OFFSET,
     H_ORIGINAL_PARTITION,
     H_ORIGINAL_TOPIC,
+    H_PARKED,
+    H_REPLAY,
+    H_REPLAY_AT,
+    H_REPLAY_BY,
+    H_REPLAY_COUNT,
+    H_REPLAY_FROM_OFFSET,
+    H_REPLAY_FROM_PARTITION,
+    H_REPLAY_FROM_TOPIC,
     H_STAGE,
-    header_dict,
 )
-
-H_REPLAY = "telex.replay."
-H_REPLAY_FROM_TOPIC = H_REPLAY + "from_topic"
-H_REPLAY_FROM_PARTITION = H_REPLAY + "from_partition"
-H_REPLAY_FROM_OFFSET = H_REPLAY + "from_offset"
-H_REPLAY_AT = H_REPLAY + "at_ms"
-H_REPLAY_BY = H_REPLAY + "by"
-H_REPLAY_COUNT = H_REPLAY + "count"
-H_PARKED = "telex.parked."
+from pipeline.observability import redact_value
+from pipeline.runtime.deadletter import header_dict
 
 # Journal states after which the carrier may already hold the message: a replay must not
 # offer it to dispatch again. IN_DOUBT_RESOLVED included: "maybe sent" is not "not sent".
@@ -129,7 +129,7 @@ class DeadLetter:
     def provenance(self) -> dict[str, str]:
         """The ``telex.dlq.*`` and ``telex.replay.*`` headers, for display."""
         return {k: v for k, v in self.meta.items()
-                if k.startswith(("telex.dlq.", H_REPLAY, H_PARKED))}
+                if k.startswith((H_DLQ, H_REPLAY, H_PARKED))}
 
 
 def decode_value(codec: AvroCodec, value: bytes | None

@@ -4,6 +4,7 @@ admin API never races a member). Every call has a deadline; failures are BrokerE
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
+from pipeline.broker_retry import retriable
 from pipeline.errors import BrokerError
 
 TP = tuple[str, int]
@@ -23,10 +25,26 @@ def log_offsets(client: AdminClient, tps: Iterable[TP], timeout: float
     if not wanted:
         return {}
     out: dict[TP, list[int]] = {(tp.topic, tp.partition): [0, 0] for tp in wanted}
+    deadline = time.monotonic() + timeout
     for index, spec in ((0, OffsetSpec.earliest()), (1, OffsetSpec.latest())):
-        futures = client.list_offsets({tp: spec for tp in wanted}, request_timeout=timeout)
-        for tp, fut in futures.items():
-            out[(tp.topic, tp.partition)][index] = _result(fut, timeout).offset
+        pending = wanted
+        delay = 0.05
+        while pending:
+            futures = client.list_offsets({tp: spec for tp in pending}, request_timeout=timeout)
+            again = []
+            for tp, fut in futures.items():
+                try:
+                    out[(tp.topic, tp.partition)][index] = _result(fut, timeout).offset
+                except _Retriable:
+                    # A just-created topic answers "not leader" for a moment after its
+                    # metadata shows a leader: ask again, within the deadline.
+                    if time.monotonic() + delay > deadline:
+                        raise
+                    again.append(tp)
+            if again:
+                time.sleep(delay)  # backoff before asking again; bounded by the deadline
+                delay = min(1.0, delay * 2)
+            pending = again
     return {tp: (start, end) for tp, (start, end) in out.items()}
 
 
@@ -64,5 +82,9 @@ def _result(fut: Future[Any], timeout: float) -> Any:
     except TimeoutError:
         raise BrokerError(f"broker did not answer within {timeout:g} s") from None
     except KafkaException as exc:
-        raise BrokerError(f"broker request failed: {exc.args[0].str() if exc.args else exc}"
-                          ) from None
+        error = BrokerError(f"broker request failed: {exc.args[0].str() if exc.args else exc}")
+        raise (_Retriable(str(error)) if retriable(exc) else error) from None
+
+
+class _Retriable(BrokerError):
+    """A BrokerError the broker may not repeat if asked again soon."""

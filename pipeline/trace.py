@@ -23,26 +23,29 @@ from confluent_kafka import Message
 from pipeline import offsets
 from pipeline.codec import AvroCodec
 from pipeline.display import ms_to_text, redact
-from pipeline.dlq_decision import H_REPLAY_COUNT, decode_value
+from pipeline.dlq_decision import decode_value
 from pipeline.errors import BrokerError
-from pipeline.keyhash import partition_for
-from pipeline.observability import redact_value
-from pipeline.ops import admin
-from pipeline.runtime.deadletter import (
+from pipeline.headers import (
+    H_DUE,
     H_ERROR_CLASS,
     H_ERROR_MESSAGE,
     H_MESSAGE_ID,
+    H_REPLAY_COUNT,
     H_STAGE,
-    header_dict,
+    H_TARGET,
+    H_TIMER_DUE,
 )
-from pipeline.runtime.delay import H_DUE, H_TARGET, TIER_DELAYS_MS, tier_topic
+from pipeline.keyhash import partition_for
+from pipeline.observability import redact_value
+from pipeline.ops import admin
+from pipeline.runtime.deadletter import header_dict
+from pipeline.runtime.delay import TIER_DELAYS_MS, tier_topic
 from pipeline.runtime.registry import dead_letter_topics
 from pipeline.runtime.runner import changelog_topic
 from pipeline.runtime.store import decode_entry
 from pipeline.settings import Settings
 from pipeline.stages import status as status_stage
 from pipeline.stages.reconcile_decision import receipt_key
-from pipeline.stages.status_decision import H_TIMER_DUE
 from pipeline.topic_reader import read_ranges
 
 _TIERS = tuple(tier_topic(i) for i in range(len(TIER_DELAYS_MS)))

@@ -13,6 +13,19 @@ from typing import Protocol
 
 import structlog
 
+from pipeline.headers import (
+    H_DLQ,
+    H_ERROR_CLASS,
+    H_ERROR_MESSAGE,
+    H_FAILURE_COUNT,
+    H_FIRST_FAILURE,
+    H_MESSAGE_ID,
+    H_ORIGINAL_OFFSET,
+    H_ORIGINAL_PARTITION,
+    H_ORIGINAL_TIMESTAMP,
+    H_ORIGINAL_TOPIC,
+    H_STAGE,
+)
 from pipeline.metrics import DEAD_LETTERS
 
 
@@ -20,17 +33,6 @@ def dead_letter_topic(stage: str) -> str:
     """Catalogue short name of ``stage``'s dead-letter topic: one per stage, named for it."""
     return f"dlq-{stage}"
 
-H_PREFIX = "telex.dlq."
-H_ORIGINAL_TOPIC = H_PREFIX + "original_topic"
-H_ORIGINAL_PARTITION = H_PREFIX + "original_partition"
-H_ORIGINAL_OFFSET = H_PREFIX + "original_offset"
-H_ORIGINAL_TIMESTAMP = H_PREFIX + "original_timestamp_ms"
-H_STAGE = H_PREFIX + "stage"
-H_ERROR_CLASS = H_PREFIX + "error_class"
-H_ERROR_MESSAGE = H_PREFIX + "error_message"
-H_FIRST_FAILURE = H_PREFIX + "first_failure_ms"
-H_FAILURE_COUNT = H_PREFIX + "failure_count"
-H_MESSAGE_ID = H_PREFIX + "message_id"
 
 _MAX_ERROR_MESSAGE = 1000
 
@@ -57,7 +59,7 @@ def dead_letter_headers(
 ) -> Headers:
     """Headers of the dead-letter copy of a record that failed in ``stage``."""
     kept = [(k, v or b"") for k, v in (original or [])]
-    previous = {k: v for k, v in kept if k.startswith(H_PREFIX)}
+    previous = {k: v for k, v in kept if k.startswith(H_DLQ)}
     first_failure = previous.get(H_FIRST_FAILURE, str(now_ms).encode())
     count = int(previous.get(H_FAILURE_COUNT, b"0") or 0) + 1
     # The first failure's origin is the record's true provenance; later hops keep it.
@@ -80,7 +82,7 @@ def dead_letter_headers(
     }
     if message_id:
         fresh[H_MESSAGE_ID] = message_id.encode()
-    return [(k, v) for k, v in kept if not k.startswith(H_PREFIX)] + list(fresh.items())
+    return [(k, v) for k, v in kept if not k.startswith(H_DLQ)] + list(fresh.items())
 
 
 class ConsumedRecord(Protocol):

@@ -18,11 +18,9 @@ from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-TIER_DELAYS_MS = (0, 50, 250, 1_000, 5_000, 25_000, 125_000, 625_000, 3_125_000, 15_625_000)
+from pipeline.headers import H_DUE, H_PACE, H_TARGET
 
-H_DUE = "telex.delay.due_ms"
-H_TARGET = "telex.delay.target"
-H_PACE = "telex.delay.pace"  # "<ms per segment>:<segments>:<bucket>" for rate-limited records
+TIER_DELAYS_MS = (0, 50, 250, 1_000, 5_000, 25_000, 125_000, 625_000, 3_125_000, 15_625_000)
 
 RELEASE = "release"
 MOVE = "move"

@@ -56,7 +56,9 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from pipeline.broker_retry import retrying
 from pipeline.errors import CheckpointError
+from pipeline.headers import H_SOURCE_OFFSET
 from pipeline.metrics import (
     RUNTIME_BATCH_RECORDS,
     RUNTIME_CHANGELOG_RECORDS,
@@ -70,7 +72,6 @@ from pipeline.runtime.store import DiskStore, MemoryStore, Store
 from pipeline.settings import Settings
 
 T = TypeVar("T")
-H_SOURCE_OFFSET = "telex.changelog.source_offset"
 _SWEEP_LIMIT = 200_000
 
 _log = structlog.get_logger("telex.runtime")
@@ -272,7 +273,7 @@ class StageRunner:
             if not isinstance(store, DiskStore):
                 store.checkpointed(None)
         for store, changelog in disk:
-            _, high = _retrying(lambda c=changelog, p=store.partition:
+            _, high = retrying(lambda c=changelog, p=store.partition:
                                 self._consumer.get_watermark_offsets(
                                     TopicPartition(c, p), timeout=10, cached=False))
             store.checkpointed(high)
@@ -331,7 +332,7 @@ class StageRunner:
         store = self._open(spec, tp.partition)
         changelog = TopicPartition(changelog_topic(self.settings, self.stage.name, spec.name),
                                    tp.partition)
-        committed = _retrying(lambda: self._consumer.committed(
+        committed = retrying(lambda: self._consumer.committed(
             [TopicPartition(tp.topic, tp.partition)], timeout=30)[0].offset)
         applied, skipped = restore(store, self._restorer_consumer(), changelog, committed)
         seconds = time.perf_counter() - started
@@ -360,7 +361,7 @@ def restore(store: Store, restorer: Consumer, changelog: TopicPartition,
     ``entry`` turns a record's value into the store's entry (for a topic that serves as the
     changelog of a store without being written in its format, e.g. dispatch's journal; None
     drops the key). Returns (records applied, records skipped)."""
-    low, high = _retrying(
+    low, high = retrying(
         lambda: restorer.get_watermark_offsets(changelog, timeout=30, cached=False))
     start = store.restore_from()
     start = low if start is None or start < low else start
@@ -405,30 +406,3 @@ class _TopicNames(dict[str, str]):
     def __missing__(self, name: str) -> str:
         full = self[name] = self._prefix + name
         return full
-
-
-def _retrying(call: Callable[[], T], deadline_s: float = 60.0) -> T:
-    """``call()``, repeated while it fails with a retriable broker error (a just-created
-    changelog whose leader is not elected yet, a coordinator still loading), up to a deadline;
-    then the error stops the worker and its supervisor restarts it."""
-    deadline = time.monotonic() + deadline_s
-    delay = 0.05
-    while True:
-        try:
-            return call()
-        except KafkaException as exc:
-            err = exc.args[0] if exc.args else None
-            retriable = isinstance(err, KafkaError) and (
-                err.retriable() or err.code() in _RETRIABLE_CODES)
-            if not retriable or time.monotonic() + delay > deadline:
-                raise
-            _log.info("broker_call_retried", error=str(exc))
-            time.sleep(delay)  # backoff between attempts; bounded by the deadline above
-            delay = min(1.0, delay * 2)
-
-
-_RETRIABLE_CODES = frozenset({
-    KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
-    KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.COORDINATOR_NOT_AVAILABLE,
-    KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._TIMED_OUT, KafkaError.REQUEST_TIMED_OUT,
-})

@@ -36,13 +36,11 @@ from confluent_kafka import (
 )
 
 from pipeline.errors import CheckpointError
+from pipeline.headers import H_DUE, H_PACE, H_TARGET
 from pipeline.metrics import RECORDS
 from pipeline.producing import produce_waiting
 from pipeline.runtime.deadletter import counted, dead_letter_topic, headers_of
 from pipeline.runtime.delay import (
-    H_DUE,
-    H_PACE,
-    H_TARGET,
     RELEASE,
     TIER_DELAYS_MS,
     WAIT,

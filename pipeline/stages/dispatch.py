@@ -53,6 +53,7 @@ from connectors.base import Connector, ConnectorError, ErrorKind, SubmitRequest,
 from pipeline.carriers import Carriers
 from pipeline.codec import AvroCodec
 from pipeline.errors import CheckpointError, ConfigError
+from pipeline.headers import H_RESEND_AVOID, H_TIMER_DUE
 from pipeline.metrics import (
     CONNECTOR_BREAKER_STATE,
     CONNECTOR_SUBMIT_SECONDS,
@@ -76,12 +77,7 @@ from pipeline.settings import Settings
 from pipeline.stages import dispatch_decision as decision
 from pipeline.stages.dispatch_journal import Journal
 from pipeline.stages.reconcile_decision import receipt_key
-from pipeline.stages.status_decision import (
-    H_RESEND_AVOID,
-    H_TIMER_DUE,
-    IN_DOUBT,
-    update_record,
-)
+from pipeline.stages.status_decision import IN_DOUBT, update_record
 
 STAGE = "dispatch"
 RESENDABLE_CHANNELS = ("sms",)  # see status_decision.RESENDABLE_CHANNELS

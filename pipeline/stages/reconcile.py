@@ -34,6 +34,7 @@ from typing import Any
 import structlog
 
 from pipeline.codec import AvroCodec
+from pipeline.headers import H_DEADLINE
 from pipeline.metrics import PROCESSING_SECONDS, RECORDS
 from pipeline.runtime.stage import Input, KeyedStage, Out, Record, StoreSpec
 from pipeline.runtime.store import KeyState
@@ -44,7 +45,6 @@ from pipeline.stages.reconcile_decision import receipt_key
 STAGE = "reconcile"
 IN_TOPIC = "carrier-receipts"
 OUT_TOPICS = ("status-updates", "receipts-unmatched", "dlq-reconcile")
-H_DEADLINE = "telex.reconcile.deadline"  # read only: deadlines in flight in the delay tiers
 STORE = "match"
 _STATE_KEY = "match"
 

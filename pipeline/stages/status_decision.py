@@ -47,10 +47,6 @@ RESENDABLE_CHANNELS: frozenset[str] = frozenset({"sms"})
 UNKNOWN_CODE = 30008
 RECEIPT_WINDOW = "receipt_window"
 IN_DOUBT = "in_doubt"
-H_RESEND_AVOID = "telex.resend.avoid"  # header of a resend on dispatch-ready
-# Header of a deadline (a StatusUpdate with ``timer``) written straight to status-updates: its due
-# time (epoch ms). The status stage keeps it as a timer in the message's entry until then.
-H_TIMER_DUE = "telex.timer.due_ms"
 
 
 UPDATE_FIELDS = ("message_id", "source", "status", "timer", "attempt", "account_id", "channel",

@@ -23,12 +23,7 @@ from confluent_kafka.admin import OffsetSpec
 from connectors.simulators.smsc_model import SmscConfig
 from connectors.simulators.threaded import ThreadedSmsc
 from pipeline.codec import AvroCodec
-from pipeline.dlq_decision import (
-    H_REPLAY_BY,
-    H_REPLAY_COUNT,
-    H_REPLAY_FROM_OFFSET,
-    H_REPLAY_FROM_TOPIC,
-)
+from pipeline.headers import H_REPLAY_BY, H_REPLAY_COUNT, H_REPLAY_FROM_OFFSET, H_REPLAY_FROM_TOPIC
 from pipeline.runtime.deadletter import Provenance, dead_letter_headers, header_dict
 from pipeline.settings import Settings
 from pipeline.topics import admin_client, catalogue

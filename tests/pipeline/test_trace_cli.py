@@ -12,11 +12,9 @@ from connectors.simulators.smsc_model import Faults, SmscConfig
 from connectors.simulators.threaded import ThreadedSmsc
 from connectors.smpp.pdu import Status
 from pipeline.display import ms_to_text
-from pipeline.runtime.deadletter import H_ERROR_CLASS, H_ERROR_MESSAGE, H_STAGE
-from pipeline.runtime.delay import H_DUE, H_TARGET
+from pipeline.headers import H_DUE, H_ERROR_CLASS, H_ERROR_MESSAGE, H_STAGE, H_TARGET, H_TIMER_DUE
 from pipeline.sdk import OutboundMessage, TelexProducer
 from pipeline.settings import Settings
-from pipeline.stages.status_decision import H_TIMER_DUE
 from pipeline.trace import describe
 from tests.fixtures.telex import Worker
 from tests.pipeline.test_dlq_cli import telex

@@ -1,14 +1,7 @@
 """Dead-letter provenance headers."""
 
-from pipeline.runtime.deadletter import (
-    H_FAILURE_COUNT,
-    H_FIRST_FAILURE,
-    H_ORIGINAL_OFFSET,
-    H_ORIGINAL_TOPIC,
-    Provenance,
-    dead_letter_headers,
-    header_dict,
-)
+from pipeline.headers import H_FAILURE_COUNT, H_FIRST_FAILURE, H_ORIGINAL_OFFSET, H_ORIGINAL_TOPIC
+from pipeline.runtime.deadletter import Provenance, dead_letter_headers, header_dict
 
 
 def test_first_failure_records_provenance():

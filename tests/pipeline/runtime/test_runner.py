@@ -78,7 +78,7 @@ def test_a_broker_call_is_retried_while_the_leader_is_not_elected():
     retried until the call succeeds; a non-retriable error is raised at once."""
     from confluent_kafka import KafkaError, KafkaException
 
-    from pipeline.runtime.runner import _retrying
+    from pipeline.broker_retry import retrying as _retrying
 
     calls = []
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Message
 
-from pipeline.runtime.deadletter import H_ERROR_CLASS, H_ORIGINAL_OFFSET, header_dict
+from pipeline.headers import H_ERROR_CLASS, H_ORIGINAL_OFFSET
+from pipeline.runtime.deadletter import header_dict
 from pipeline.runtime.runner import changelog_topic
 from pipeline.settings import Settings
 from pipeline.topics import TopicSpec, admin_client, apply_topics

@@ -15,7 +15,8 @@ from confluent_kafka import Message
 from connectors.simulators.smsc_model import Faults, SmscConfig
 from connectors.simulators.threaded import ThreadedSmsc
 from pipeline.codec import AvroCodec
-from pipeline.runtime.deadletter import H_ORIGINAL_TOPIC, H_STAGE, header_dict
+from pipeline.headers import H_ORIGINAL_TOPIC, H_STAGE
+from pipeline.runtime.deadletter import header_dict
 from pipeline.sdk import OutboundMessage, TelexProducer
 from pipeline.settings import Settings
 from tests.fixtures.samples import sample

@@ -12,14 +12,14 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from pipeline.codec import AvroCodec
-from pipeline.runtime.deadletter import (
+from pipeline.headers import (
     H_ERROR_CLASS,
     H_ORIGINAL_OFFSET,
     H_ORIGINAL_PARTITION,
     H_ORIGINAL_TOPIC,
     H_STAGE,
-    header_dict,
 )
+from pipeline.runtime.deadletter import header_dict
 from pipeline.settings import Settings
 from tests.fixtures.samples import sample
 from tests.fixtures.telex import Worker, produce, read_all

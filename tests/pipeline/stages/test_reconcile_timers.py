@@ -7,10 +7,11 @@ from typing import Any
 import pytest
 
 from pipeline.codec import AvroCodec
+from pipeline.headers import H_DEADLINE
 from pipeline.runtime.stage import Out, Record
 from pipeline.runtime.store import KeyState, MemoryStore
 from pipeline.settings import Settings
-from pipeline.stages.reconcile import H_DEADLINE, ReconcileStage
+from pipeline.stages.reconcile import ReconcileStage
 from pipeline.stages.status_decision import update_record
 
 CODEC = AvroCodec()
