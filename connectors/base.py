@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
-from pipeline.errors import TelexError
+from pipeline.errors import Code, TelexError
 from pipeline.segments import Encoding, Segmentation, segment
 
 
@@ -49,23 +49,26 @@ class Classification:
     chat_code: int
 
 
-# The one table. Codes follow Twilio's numbering (see pipeline.errors.ERROR_CODES); "chat" is any
+# How connector failures classify: retryable or not, and the user-facing code per channel
+# (named in pipeline.errors.Code, titled in its ERROR_CODES); "chat" is any
 # non-SMS channel (WhatsApp, Messenger). Timeout and connection_lost are retryable although the
 # carrier may have accepted the message: the dispatch journal, not the connector, resolves that.
 CLASSIFICATION: dict[ErrorKind, Classification] = {
     c.kind: c
     for c in (
-        Classification(ErrorKind.THROTTLED, True, 30022, 63018),
-        Classification(ErrorKind.QUEUE_FULL, True, 30001, 30001),
-        Classification(ErrorKind.TIMEOUT, True, 30008, 30008),
-        Classification(ErrorKind.CONNECTION_LOST, True, 30008, 30008),
-        Classification(ErrorKind.SERVER_ERROR, True, 30500, 30500),
-        Classification(ErrorKind.INVALID_DESTINATION, False, 21211, 63024),
-        Classification(ErrorKind.REJECTED_CONTENT, False, 30007, 30007),
-        Classification(ErrorKind.OUTSIDE_WINDOW, False, 30007, 63016),
-        Classification(ErrorKind.UNREACHABLE, True, 30003, 30003),  # one resend may reach it
-        Classification(ErrorKind.EXPIRED, False, 30036, 30036),
-        Classification(ErrorKind.REJECTED, False, 30008, 30008),
+        Classification(ErrorKind.THROTTLED, True, Code.THROTTLED, Code.CHANNEL_RATE_LIMIT),
+        Classification(ErrorKind.QUEUE_FULL, True, Code.QUEUE_OVERFLOW, Code.QUEUE_OVERFLOW),
+        Classification(ErrorKind.TIMEOUT, True, Code.UNKNOWN, Code.UNKNOWN),
+        Classification(ErrorKind.CONNECTION_LOST, True, Code.UNKNOWN, Code.UNKNOWN),
+        Classification(ErrorKind.SERVER_ERROR, True, Code.INTERNAL, Code.INTERNAL),
+        Classification(ErrorKind.INVALID_DESTINATION, False, Code.INVALID_TO,
+                       Code.INVALID_CHAT_RECIPIENT),
+        Classification(ErrorKind.REJECTED_CONTENT, False, Code.FILTERED, Code.FILTERED),
+        Classification(ErrorKind.OUTSIDE_WINDOW, False, Code.FILTERED, Code.OUTSIDE_WINDOW),
+        # Retryable: one resend may reach it.
+        Classification(ErrorKind.UNREACHABLE, True, Code.UNREACHABLE, Code.UNREACHABLE),
+        Classification(ErrorKind.EXPIRED, False, Code.EXPIRED, Code.EXPIRED),
+        Classification(ErrorKind.REJECTED, False, Code.UNKNOWN, Code.UNKNOWN),
     )
 }
 

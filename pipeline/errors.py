@@ -6,6 +6,7 @@ Codes follow Twilio's numbering where one exists, so customers and SREs recognis
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import IntEnum
 
 
 class TelexError(Exception):
@@ -57,41 +58,73 @@ class CheckpointError(TelexError):
     committed past them. The process stops; its successor re-reads from the last commit."""
 
 
+class Code(IntEnum):
+    """Every user-facing error code by name (values: Twilio's numbering); titles in
+    :data:`ERROR_CODES`."""
+
+    INVALID_TO = 21211
+    REGION_NOT_ENABLED = 21408
+    INVALID_FROM = 21606
+    QUEUE_FULL = 21611
+    NOT_MOBILE = 21614
+    BODY_TOO_LONG = 21617
+    NO_CONTENT = 21619
+    INVALID_MEDIA_URL = 21620
+    INVALID_VALIDITY = 21624
+    INVALID_SEND_AT = 21625
+    UNSUPPORTED_CHANNEL = 21626
+    INVALID_CALLBACK_URL = 21627
+    IDEMPOTENCY_CONFLICT = 21656
+    QUEUE_OVERFLOW = 30001
+    UNREACHABLE = 30003
+    UNKNOWN_HANDSET = 30005
+    FILTERED = 30007
+    UNKNOWN = 30008
+    CONGESTION = 30017
+    THROTTLED = 30022
+    EXPIRED = 30036
+    INTERNAL = 30500
+    OUTSIDE_WINDOW = 63016
+    CHANNEL_RATE_LIMIT = 63018
+    INVALID_CHAT_RECIPIENT = 63024
+
+
 @dataclass(frozen=True, slots=True)
 class ErrorCode:
-    code: int
+    code: Code
     title: str
     retryable: bool
 
 
 _CODES = (
-    ErrorCode(21211, "Invalid 'To' phone number", False),
-    ErrorCode(21408, "Region not enabled for sending", False),
-    ErrorCode(21606, "'From' is not a valid message-capable sender for this channel", False),
-    ErrorCode(21611, "'From' has too many queued messages", True),
-    ErrorCode(21614, "'To' is not a mobile number", False),
-    ErrorCode(21617, "Body exceeds the channel's length limit", False),
-    ErrorCode(21619, "A text body or media URL is required", False),
-    ErrorCode(21620, "Invalid media URL", False),
-    ErrorCode(21624, "Invalid validity period (must be 1-36000 s)", False),
-    ErrorCode(21625, "Invalid send-at time", False),
-    ErrorCode(21626, "Unsupported channel", False),
-    ErrorCode(21627, "Invalid status callback URL", False),
-    ErrorCode(21656, "Idempotency key reused with different content", False),
-    ErrorCode(30001, "Queue overflow", True),
-    ErrorCode(30003, "Unreachable destination handset", True),
-    ErrorCode(30005, "Unknown destination handset", False),
-    ErrorCode(30007, "Message filtered by carrier", False),
+    ErrorCode(Code.INVALID_TO, "Invalid 'To' phone number", False),
+    ErrorCode(Code.REGION_NOT_ENABLED, "Region not enabled for sending", False),
+    ErrorCode(Code.INVALID_FROM, "'From' is not a valid message-capable sender for this channel",
+              False),
+    ErrorCode(Code.QUEUE_FULL, "'From' has too many queued messages", True),
+    ErrorCode(Code.NOT_MOBILE, "'To' is not a mobile number", False),
+    ErrorCode(Code.BODY_TOO_LONG, "Body exceeds the channel's length limit", False),
+    ErrorCode(Code.NO_CONTENT, "A text body or media URL is required", False),
+    ErrorCode(Code.INVALID_MEDIA_URL, "Invalid media URL", False),
+    ErrorCode(Code.INVALID_VALIDITY, "Invalid validity period (must be 1-36000 s)", False),
+    ErrorCode(Code.INVALID_SEND_AT, "Invalid send-at time", False),
+    ErrorCode(Code.UNSUPPORTED_CHANNEL, "Unsupported channel", False),
+    ErrorCode(Code.INVALID_CALLBACK_URL, "Invalid status callback URL", False),
+    ErrorCode(Code.IDEMPOTENCY_CONFLICT, "Idempotency key reused with different content", False),
+    ErrorCode(Code.QUEUE_OVERFLOW, "Queue overflow", True),
+    ErrorCode(Code.UNREACHABLE, "Unreachable destination handset", True),
+    ErrorCode(Code.UNKNOWN_HANDSET, "Unknown destination handset", False),
+    ErrorCode(Code.FILTERED, "Message filtered by carrier", False),
     # Retry for an unknown error is decided by the connector's classification of what happened
     # (a timeout is retried, an unexplained rejection is not), not by this code.
-    ErrorCode(30008, "Unknown error", False),
-    ErrorCode(30017, "Carrier network congestion", True),
-    ErrorCode(30022, "Carrier rate limit exceeded (throttled)", True),
-    ErrorCode(30036, "Validity period expired", False),
-    ErrorCode(30500, "Internal error", True),
-    ErrorCode(63016, "Outside the chat channel's customer-service window", False),
-    ErrorCode(63018, "Channel rate limit exceeded", True),
-    ErrorCode(63024, "Invalid recipient for this channel", False),
+    ErrorCode(Code.UNKNOWN, "Unknown error", False),
+    ErrorCode(Code.CONGESTION, "Carrier network congestion", True),
+    ErrorCode(Code.THROTTLED, "Carrier rate limit exceeded (throttled)", True),
+    ErrorCode(Code.EXPIRED, "Validity period expired", False),
+    ErrorCode(Code.INTERNAL, "Internal error", True),
+    ErrorCode(Code.OUTSIDE_WINDOW, "Outside the chat channel's customer-service window", False),
+    ErrorCode(Code.CHANNEL_RATE_LIMIT, "Channel rate limit exceeded", True),
+    ErrorCode(Code.INVALID_CHAT_RECIPIENT, "Invalid recipient for this channel", False),
 )
 
 ERROR_CODES: dict[int, ErrorCode] = {c.code: c for c in _CODES}

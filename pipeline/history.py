@@ -21,8 +21,8 @@ from typing import Any
 import fastavro
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from pipeline.records import RANK
 from pipeline.settings import Settings
-from pipeline.stages.status_decision import RANK
 
 __all__ = ["FINAL", "HistoryReader", "applied", "independent_history", "regressions"]
 

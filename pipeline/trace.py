@@ -38,6 +38,7 @@ from pipeline.headers import (
 from pipeline.keyhash import partition_for
 from pipeline.observability import redact_value
 from pipeline.ops import admin
+from pipeline.records import receipt_key
 from pipeline.runtime.deadletter import header_dict
 from pipeline.runtime.delay import TIER_DELAYS_MS, tier_topic
 from pipeline.runtime.registry import dead_letter_topics
@@ -45,7 +46,6 @@ from pipeline.runtime.runner import changelog_topic
 from pipeline.runtime.store import decode_entry
 from pipeline.settings import Settings
 from pipeline.stages import status as status_stage
-from pipeline.stages.reconcile_decision import receipt_key
 from pipeline.topic_reader import read_ranges
 
 _TIERS = tuple(tier_topic(i) for i in range(len(TIER_DELAYS_MS)))

@@ -11,8 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-CONFLICT_CODE = 21656
-
 
 class Verdict(StrEnum):
     NEW = "new"

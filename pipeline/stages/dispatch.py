@@ -63,6 +63,7 @@ from pipeline.metrics import (
     RETRIES,
 )
 from pipeline.producing import produce_waiting
+from pipeline.records import IN_DOUBT, RESENDABLE_CHANNELS, receipt_key, update_record
 from pipeline.routing import (
     CLOSED,
     HALF_OPEN,
@@ -76,11 +77,8 @@ from pipeline.runtime.membership import is_lost_membership
 from pipeline.settings import Settings
 from pipeline.stages import dispatch_decision as decision
 from pipeline.stages.dispatch_journal import Journal
-from pipeline.stages.reconcile_decision import receipt_key
-from pipeline.stages.status_decision import IN_DOUBT, update_record
 
 STAGE = "dispatch"
-RESENDABLE_CHANNELS = ("sms",)  # see status_decision.RESENDABLE_CHANNELS
 _BREAKER_LEVEL = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
 IN_TOPIC = "dispatch-ready"
 

@@ -19,12 +19,11 @@ from enum import StrEnum
 from typing import Any
 
 from connectors.base import ConnectorError, SubmitResult
+from pipeline.errors import Code
 
 # One delay per retry topic (dispatch-retry-{delay}s): the schedule *is* the topic catalogue.
 RETRY_SCHEDULE_S: tuple[int, ...] = (5, 30, 120, 600, 1800)  # TELEX_RETRY_SCHEDULE_S
 
-EXPIRED_CODE = 30036
-UNKNOWN_CODE = 30008
 VALIDITY_REASON = "validity would end before the retry"
 
 ATTEMPTING = "ATTEMPTING"
@@ -58,7 +57,7 @@ def next_retry(
     schedule: Sequence[int] = RETRY_SCHEDULE_S,
     jitter: float = 0.2,
     *,
-    code: int = UNKNOWN_CODE,
+    code: int = Code.UNKNOWN,
     reason: str = "retries exhausted",
     retry_after_s: float | None = None,
 ) -> RetryAt | GiveUp:
@@ -80,7 +79,7 @@ def next_retry(
         wait_ms = max(wait_ms, retry_after_s * 1000)
     due_at_ms = now_ms + round(wait_ms)
     if due_at_ms >= expires_at_ms:
-        return GiveUp(EXPIRED_CODE, VALIDITY_REASON)
+        return GiveUp(Code.EXPIRED, VALIDITY_REASON)
     return RetryAt(due_at_ms, attempt + 1, delay_s)
 
 
@@ -275,7 +274,7 @@ def resolve_in_doubt(
         base.update(error_reason=f"in doubt after restart: awaiting a receipt until {until}")
         return Decision(policy, base, await_receipt_until_ms=until)
     reason = "in doubt after restart: delivery state unknown"
-    base.update(error_code=UNKNOWN_CODE, error_reason=reason)
-    status = StatusUpdate("failed", now_ms, error_code=UNKNOWN_CODE, error_reason=reason,
+    base.update(error_code=Code.UNKNOWN, error_reason=reason)
+    status = StatusUpdate("failed", now_ms, error_code=Code.UNKNOWN, error_reason=reason,
                           connector=connector)
     return Decision(policy, base, status)

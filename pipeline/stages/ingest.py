@@ -29,15 +29,15 @@ from typing import Any
 import structlog
 
 from pipeline.codec import AvroCodec
-from pipeline.errors import error_title
+from pipeline.errors import Code, error_title
 from pipeline.metrics import PROCESSING_SECONDS, RECORDS, REJECTED
+from pipeline.records import update_record
 from pipeline.runtime.stage import Input, KeyedStage, Out, Record, StoreSpec
 from pipeline.runtime.store import KeyState
 from pipeline.senders import SenderRegistry, load_registry
 from pipeline.settings import Settings
-from pipeline.stages.dedup_decision import CONFLICT_CODE, Seen, Verdict
+from pipeline.stages.dedup_decision import Seen, Verdict
 from pipeline.stages.dedup_decision import decide as dedup
-from pipeline.stages.status_decision import update_record
 from pipeline.stages.validate import Rejection, Valid, request_hash, validate
 
 STAGE = "ingest"
@@ -92,10 +92,11 @@ def decide(
         return Decision(verdict, "conflict", [Emit("request-rejections", "request_rejected", {
             "message_id": req["message_id"], "account_id": req["account_id"],
             "idempotency_key": req["idempotency_key"], "content_hash": content,
-            "original_content_hash": seen.content_hash, "error_code": CONFLICT_CODE,
-            "error_reason": error_title(CONFLICT_CODE), "requested_at_ms": req["requested_at_ms"],
+            "original_content_hash": seen.content_hash, "error_code": Code.IDEMPOTENCY_CONFLICT,
+            "error_reason": error_title(Code.IDEMPOTENCY_CONFLICT),
+            "requested_at_ms": req["requested_at_ms"],
             "rejected_at_ms": now_ms, "trace_id": req.get("trace_id"),
-        })], code=CONFLICT_CODE)
+        })], code=Code.IDEMPOTENCY_CONFLICT)
 
     if isinstance(checked, Rejection):
         return Decision(

@@ -28,6 +28,7 @@ from typing import Any
 import structlog
 
 from pipeline.codec import AvroCodec
+from pipeline.errors import Code
 from pipeline.limits import ACCOUNT, ROUTE, SENDER, Limits, bucket_of, load_limits
 from pipeline.metrics import (
     RATELIMIT_BACKLOG,
@@ -35,17 +36,15 @@ from pipeline.metrics import (
     RECORDS,
     REJECTED,
 )
+from pipeline.records import update_record
 from pipeline.runtime.delay import Pace, delay_headers, tier_for, tier_topic
 from pipeline.runtime.stage import Input, KeyedStage, Out, Record, StoreSpec
 from pipeline.runtime.store import KeyState
 from pipeline.senders import load_registry
 from pipeline.settings import Settings
 from pipeline.stages.gcra import Limit, Reservation, reserve
-from pipeline.stages.status_decision import update_record
 
 STAGE = "ratelimit"
-QUEUE_FULL = 21611
-EXPIRED_IN_QUEUE = 30036
 # After a bucket deferred a message, its later messages also go through the scheduler (due at
 # once) until this long after the last deferred slot. The scheduler paces a bucket's releases
 # on actual release times, but only the releases it sees: if it runs late, a message released
@@ -85,11 +84,11 @@ def decide(tat_ms: float | None, now_ms: float, cost: int, limit: Limit,
     r = reserve(tat_ms, now_ms, cost, limit)
     wait = r.wait_ms(now_ms)
     if wait > queue_cap_ms:
-        return Verdict("queue_full", r, QUEUE_FULL,
+        return Verdict("queue_full", r, Code.QUEUE_FULL,
                        f"queue full: {wait / 1000:.0f} s booked ahead, the cap is "
                        f"{queue_cap_ms / 1000:.0f} s")
     if r.release_at_ms > expires_at_ms:
-        return Verdict("expired", r, EXPIRED_IN_QUEUE,
+        return Verdict("expired", r, Code.EXPIRED,
                        f"cannot leave before its validity period ends "
                        f"({(r.release_at_ms - expires_at_ms) / 1000:.1f} s too late)")
     direct = wait <= 0 and (via_scheduler_until_ms is None or now_ms >= via_scheduler_until_ms)

@@ -36,11 +36,11 @@ import structlog
 from pipeline.codec import AvroCodec
 from pipeline.headers import H_DEADLINE
 from pipeline.metrics import PROCESSING_SECONDS, RECORDS
+from pipeline.records import receipt_key
 from pipeline.runtime.stage import Input, KeyedStage, Out, Record, StoreSpec
 from pipeline.runtime.store import KeyState
 from pipeline.settings import Settings
 from pipeline.stages import reconcile_decision as decision
-from pipeline.stages.reconcile_decision import receipt_key
 
 STAGE = "reconcile"
 IN_TOPIC = "carrier-receipts"

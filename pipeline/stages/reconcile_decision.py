@@ -26,14 +26,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.stages.status_decision import update_record
+from pipeline.records import update_record
 
 _MAPPED = frozenset({"sent", "delivered", "undelivered", "failed", "read"})
-
-
-def receipt_key(connector: str, carrier_message_id: str) -> str:
-    """Kafka key of ``carrier-receipts``: carrier ids are only unique per connector."""
-    return f"{connector}:{carrier_message_id}"
 
 
 @dataclass(frozen=True, slots=True)

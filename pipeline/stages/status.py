@@ -41,11 +41,11 @@ import structlog
 from pipeline.codec import AvroCodec
 from pipeline.headers import H_RESEND_AVOID, H_TIMER_DUE
 from pipeline.metrics import PROCESSING_SECONDS, RECORDS, RETRIES
+from pipeline.records import UPDATE_FIELDS
 from pipeline.runtime.stage import Input, KeyedStage, Out, Record, StoreSpec
 from pipeline.runtime.store import KeyState
 from pipeline.settings import Settings
 from pipeline.stages import status_decision as decision
-from pipeline.stages.status_decision import UPDATE_FIELDS
 
 STAGE = "status"
 IN_TOPIC = "status-updates"

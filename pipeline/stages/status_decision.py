@@ -31,38 +31,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-RANK: Mapping[str, int] = {
-    "accepted": 0, "scheduled": 0, "queued": 1, "sending": 2, "sent": 3,
-    "failed": 4, "undelivered": 4, "canceled": 4, "delivered": 5, "read": 6,
-}
-FINAL_RANK = 4
+from pipeline.errors import Code
+from pipeline.records import (
+    FINAL_RANK,
+    IN_DOUBT,
+    RANK,
+    RECEIPT_WINDOW,
+    RESENDABLE_CHANNELS,
+)
 
 # Receipt error codes worth one more try through another route (REFERENCE-CODES.md: 30003
 # unreachable handset "maybe (one resend)", 30008 unknown error "maybe", 30017 congestion "yes,
 # later"). Content, number and account problems (30004-30007, 30036 expired) are not: another
 # route would refuse or waste them the same way.
-RESEND_CODES: frozenset[int] = frozenset({30003, 30008, 30017})
-RESENDABLE_CHANNELS: frozenset[str] = frozenset({"sms"})
+RESEND_CODES: frozenset[int] = frozenset({Code.UNREACHABLE, Code.UNKNOWN, Code.CONGESTION})
 
-UNKNOWN_CODE = 30008
-RECEIPT_WINDOW = "receipt_window"
-IN_DOUBT = "in_doubt"
-
-
-UPDATE_FIELDS = ("message_id", "source", "status", "timer", "attempt", "account_id", "channel",
-                 "event_time_ms", "error_code", "error_reason", "carrier_message_id",
-                 "connector", "carrier_status", "segments", "trace_id", "resend_message")
-
-
-def update_record(message_id: str, source: str, event_time_ms: int, **fields: Any
-                  ) -> dict[str, Any]:
-    """A StatusUpdate record (``schemas/status_update.avsc``): the fields given, the rest
-    null. Every stage reporting to the status stage builds its records here."""
-    unknown = set(fields) - set(UPDATE_FIELDS)
-    if unknown:
-        raise ValueError(f"not StatusUpdate fields: {sorted(unknown)}")
-    return {**dict.fromkeys(UPDATE_FIELDS), "message_id": message_id, "source": source,
-            "event_time_ms": event_time_ms, **fields}
 
 
 class UnknownMessage(ValueError):
@@ -229,7 +212,7 @@ def _deadline(state: MessageStatus, update: Mapping[str, Any], now_ms: int) -> R
         return Result("stale_timer", state)
     else:
         raise ValueError(f"unknown timer {kind!r}")
-    timed = {**update, "status": status, "error_code": UNKNOWN_CODE, "error_reason": reason,
+    timed = {**update, "status": status, "error_code": Code.UNKNOWN, "error_reason": reason,
              "source": "timeout", "connector": update.get("connector") or state.connector}
     state, event = _event(state, timed, status, f"{status}@{attempt}", now_ms, moved=True)
     state = replace(state, resend_message=None)

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import phonenumbers
 from phonenumbers import PhoneNumberType
 
+from pipeline.errors import Code
 from pipeline.segments import Encoding, segment
 from pipeline.senders import SenderRegistry
 
@@ -28,9 +29,9 @@ MAX_MEDIA = 10
 VALIDITY_MIN_S, VALIDITY_MAX_S, VALIDITY_DEFAULT_S = 1, 36_000, 36_000
 MAX_SCHEDULE_AHEAD_MS = 35 * 86_400_000  # Twilio schedules up to 35 days ahead
 _REFUSED_TYPES = {
-    PhoneNumberType.PREMIUM_RATE: (21408, "premium-rate numbers are not enabled"),
-    PhoneNumberType.SHARED_COST: (21408, "shared-cost numbers are not enabled"),
-    PhoneNumberType.FIXED_LINE: (21614, "'To' is a landline, not a mobile number"),
+    PhoneNumberType.PREMIUM_RATE: (Code.REGION_NOT_ENABLED, "premium-rate numbers are not enabled"),
+    PhoneNumberType.SHARED_COST: (Code.REGION_NOT_ENABLED, "shared-cost numbers are not enabled"),
+    PhoneNumberType.FIXED_LINE: (Code.NOT_MOBILE, "'To' is a landline, not a mobile number"),
 }
 
 
@@ -73,12 +74,13 @@ def _parse_e164(raw: str) -> str | Rejection:
     try:
         number = phonenumbers.parse(raw, None)
     except phonenumbers.NumberParseException as exc:
-        return Rejection(21211, f"'To' is not a phone number in E.164 form ({exc.error_type})")
+        return Rejection(Code.INVALID_TO,
+                         f"'To' is not a phone number in E.164 form ({exc.error_type})")
     # number_type is UNKNOWN exactly when is_valid_number is False (both match the number
     # against its region's patterns); asking once halves the cost.
     kind = phonenumbers.number_type(number)
     if kind == PhoneNumberType.UNKNOWN:
-        return Rejection(21211, "'To' is not a valid phone number")
+        return Rejection(Code.INVALID_TO, "'To' is not a valid phone number")
     refused = _REFUSED_TYPES.get(kind)
     if refused:
         return Rejection(*refused)
@@ -92,7 +94,8 @@ def _recipient(channel: str, raw: str) -> str:
         return "whatsapp:" + _e164(raw.removeprefix("whatsapp:"))
     psid = raw.removeprefix("messenger:")
     if not (psid.isascii() and psid.isdigit() and 5 <= len(psid) <= 24):
-        raise _Reject(21211, "'To' is not a Messenger page-scoped id (messenger:<digits>)")
+        raise _Reject(Code.INVALID_TO,
+                      "'To' is not a Messenger page-scoped id (messenger:<digits>)")
     return "messenger:" + psid
 
 
@@ -146,36 +149,39 @@ def validate(req: Mapping[str, Any], senders: SenderRegistry | None) -> Valid | 
 def _validate(req: Mapping[str, Any], senders: SenderRegistry | None) -> Valid:
     channel = req["channel"]
     if channel not in CHANNELS:
-        raise _Reject(21626, f"channel {channel!r} is not supported")
+        raise _Reject(Code.UNSUPPORTED_CHANNEL, f"channel {channel!r} is not supported")
     recipient = _recipient(channel, req["recipient"])
     sender = req["sender"]
     if senders is not None:
         known = senders.get(channel, sender)
         if known is None or not known.allows(req["account_id"]):
-            raise _Reject(21606, f"'From' is not a registered {channel} sender for this account")
+            raise _Reject(Code.INVALID_FROM,
+                          f"'From' is not a registered {channel} sender for this account")
 
     body = req.get("body")
     media = list(req.get("media_urls") or [])
     if not body and not media:
-        raise _Reject(21619, "a text body or a media URL is required")
+        raise _Reject(Code.NO_CONTENT, "a text body or a media URL is required")
     if body and len(body) > MAX_BODY[channel]:
         limit = MAX_BODY[channel]
-        raise _Reject(21617, f"body has {len(body)} characters, {channel} allows {limit}")
+        raise _Reject(Code.BODY_TOO_LONG,
+                      f"body has {len(body)} characters, {channel} allows {limit}")
     if len(media) > MAX_MEDIA:
-        raise _Reject(21620, f"at most {MAX_MEDIA} media URLs are allowed")
+        raise _Reject(Code.INVALID_MEDIA_URL, f"at most {MAX_MEDIA} media URLs are allowed")
     for url in media:
-        _url(url, 21620, "a media URL")
+        _url(url, Code.INVALID_MEDIA_URL, "a media URL")
     callback = req.get("status_callback_url")
     if callback:
-        _url(callback, 21627, "the status callback URL")
+        _url(callback, Code.INVALID_CALLBACK_URL, "the status callback URL")
 
     validity = req.get("validity_period_s")
     if validity is not None and not VALIDITY_MIN_S <= validity <= VALIDITY_MAX_S:
-        raise _Reject(21624, f"validity period {validity} s is outside 1-36000 s")
+        raise _Reject(Code.INVALID_VALIDITY, f"validity period {validity} s is outside 1-36000 s")
     requested_at = req["requested_at_ms"]
     send_at = req.get("send_at_ms")
     if send_at is not None and not requested_at < send_at <= requested_at + MAX_SCHEDULE_AHEAD_MS:
-        raise _Reject(21625, "send-at must be in the future and at most 35 days ahead")
+        raise _Reject(Code.INVALID_SEND_AT,
+                      "send-at must be in the future and at most 35 days ahead")
 
     seg = segment(body) if channel == "sms" else segment(None)
     effective_validity = validity or VALIDITY_DEFAULT_S

@@ -39,10 +39,10 @@ from pipeline.codec import AvroCodec
 from pipeline.errors import ConfigError, TelexError
 from pipeline.metrics import DEAD_LETTERS
 from pipeline.producing import produce_waiting
+from pipeline.records import receipt_key
 from pipeline.runtime.deadletter import Provenance, dead_letter_headers, dead_letter_topic
 from pipeline.runtime.httpserver import HttpServer, Request, Response
 from pipeline.settings import Settings
-from pipeline.stages.reconcile_decision import receipt_key
 
 STAGE = "webhooks"
 MAX_BODY = 1_048_576  # Meta batches at most a few KiB per webhook; this only bounds abuse

@@ -48,6 +48,6 @@ def test_not_leader_yet_is_asked_again():
 def test_a_refusal_is_a_broker_error_at_once():
     """An error asking again cannot fix (authorisation) is raised on the first answer."""
     admin = _Admin([KafkaError.TOPIC_AUTHORIZATION_FAILED])
-    with pytest.raises(BrokerError, match="(?i)authorization failed"):
+    with pytest.raises(BrokerError, match=r"(?i)authorization failed"):
         offsets.log_offsets(admin, [("t", 0)], timeout=5)  # type: ignore[arg-type]
     assert admin.calls == 1

@@ -1,13 +1,14 @@
 """The rate-limit verdict: release, defer, queue full, expired in queue."""
 
 from pipeline.codec import AvroCodec
+from pipeline.errors import Code
 from pipeline.limits import ACCOUNT, ROUTE, SENDER, Limits, bucket_of
 from pipeline.runtime.stage import Record
 from pipeline.runtime.store import MemoryStore
 from pipeline.senders import DEMO_SENDERS
 from pipeline.settings import Settings
 from pipeline.stages.gcra import Limit
-from pipeline.stages.ratelimit import EXPIRED_IN_QUEUE, QUEUE_FULL, RateLimitStage, decide
+from pipeline.stages.ratelimit import RateLimitStage, decide
 from tests.fixtures.samples import sample
 
 HOUR = 3_600_000
@@ -27,13 +28,13 @@ def test_booked_bucket_defers_to_its_slot():
 def test_booked_beyond_cap_is_queue_full():
     """A bucket booked further ahead than the cap refuses the message with 21611."""
     v = decide(HOUR + 5_000, 0, 1, Limit(1, 1), expires_at_ms=10 * HOUR, queue_cap_ms=HOUR)
-    assert (v.kind, v.code) == ("queue_full", QUEUE_FULL)
+    assert (v.kind, v.code) == ("queue_full", Code.QUEUE_FULL)
 
 
 def test_slot_after_validity_is_expired_in_queue():
     """A message whose slot comes after its validity ends fails with 30036 at once."""
     v = decide(60_000, 0, 1, Limit(1, 1), expires_at_ms=30_000, queue_cap_ms=HOUR)
-    assert (v.kind, v.code) == ("expired", EXPIRED_IN_QUEUE)
+    assert (v.kind, v.code) == ("expired", Code.EXPIRED)
 
 
 def test_limits_by_sender_kind_and_overrides():

@@ -6,13 +6,8 @@ from typing import Any
 
 import pytest
 
-from pipeline.stages.reconcile_decision import (
-    on_deadline,
-    on_receipt,
-    on_submission,
-    receipt_key,
-    status_update,
-)
+from pipeline.records import receipt_key
+from pipeline.stages.reconcile_decision import on_deadline, on_receipt, on_submission, status_update
 
 TTL = 30_000
 

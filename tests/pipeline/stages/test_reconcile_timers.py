@@ -8,11 +8,11 @@ import pytest
 
 from pipeline.codec import AvroCodec
 from pipeline.headers import H_DEADLINE
+from pipeline.records import update_record
 from pipeline.runtime.stage import Out, Record
 from pipeline.runtime.store import KeyState, MemoryStore
 from pipeline.settings import Settings
 from pipeline.stages.reconcile import ReconcileStage
-from pipeline.stages.status_decision import update_record
 
 CODEC = AvroCodec()
 TTL_MS = 30_000

@@ -8,16 +8,8 @@ from typing import Any
 
 import pytest
 
-from pipeline.stages.status_decision import (
-    IN_DOUBT,
-    RANK,
-    RECEIPT_WINDOW,
-    MessageStatus,
-    Policy,
-    Result,
-    UnknownMessage,
-    apply,
-)
+from pipeline.records import IN_DOUBT, RANK, RECEIPT_WINDOW
+from pipeline.stages.status_decision import MessageStatus, Policy, Result, UnknownMessage, apply
 
 POLICY = Policy(receipt_window_ms=60_000, max_resends=1)
 MID = "TX" + "0" * 32

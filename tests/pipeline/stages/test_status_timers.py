@@ -8,11 +8,11 @@ import pytest
 
 from pipeline.codec import AvroCodec
 from pipeline.headers import H_TIMER_DUE
+from pipeline.records import IN_DOUBT, update_record
 from pipeline.runtime.stage import Out, Record
 from pipeline.runtime.store import DiskStore, KeyState, MemoryStore, Store
 from pipeline.settings import Settings
 from pipeline.stages.status import StatusStage
-from pipeline.stages.status_decision import IN_DOUBT, update_record
 
 CODEC = AvroCodec()
 WINDOW_MS = 10_000

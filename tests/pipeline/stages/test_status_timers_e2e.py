@@ -14,9 +14,9 @@ from confluent_kafka import Consumer, TopicPartition
 
 from pipeline.codec import AvroCodec
 from pipeline.headers import H_TIMER_DUE
+from pipeline.records import IN_DOUBT, update_record
 from pipeline.runtime.delay import TIER_DELAYS_MS, tier_topic
 from pipeline.settings import Settings
-from pipeline.stages.status_decision import IN_DOUBT, update_record
 from tests.fixtures.telex import Worker, produce, read_all
 
 CODEC = AvroCodec()

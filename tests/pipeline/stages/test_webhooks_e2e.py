@@ -29,9 +29,9 @@ from connectors.simulators.http_channel import HttpChannelConfig, HttpChannelSim
 from pipeline.carriers import Carriers
 from pipeline.codec import AvroCodec
 from pipeline.procutil import die_with_parent, free_ports
+from pipeline.records import receipt_key
 from pipeline.runtime.deadletter import header_dict
 from pipeline.settings import Settings
-from pipeline.stages.reconcile_decision import receipt_key
 from pipeline.stages.webhooks import MAX_BODY, WebhookReceiver, whatsapp_secrets
 from tests.connectors.helpers import until_sync
 from tests.fixtures.telex import REPO, read_all
