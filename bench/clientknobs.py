@@ -5,7 +5,7 @@
 
 Each variant is a set of producer knobs (the stages' and the feeding SDK producer's), consumer
 knobs (the stages'), topic configs, broker ``server.properties`` entries and a partition count.
-Variants that share broker properties share one broker (``pipeline.devbroker``), started fresh
+Variants that share broker properties share one broker (``pipeline.dev.broker``), started fresh
 for them; runs alternate between variants so a noisy neighbour hurts them alike.
 
 One run of a variant, for each of two workloads on fresh topics:
@@ -48,7 +48,7 @@ from hdrh.histogram import HdrHistogram
 from bench.harness import REPO, proc_stats, worker_env
 from bench.knobstage import StatsFile
 from pipeline.codec import AvroCodec
-from pipeline.devbroker import DevBroker
+from pipeline.dev.broker import DevBroker
 from pipeline.sdk import OutboundMessage
 from pipeline.settings import Settings, load_settings
 from pipeline.topics import TopicSpec, admin_client, apply_topics, catalogue

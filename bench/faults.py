@@ -6,7 +6,7 @@ carrier faults, then a Jepsen-style check that no accepted message was lost.
 
 One run:
 
-1. Its own broker (:class:`~pipeline.devbroker.DevBroker`, never ``KAFKA_BOOTSTRAP_SERVERS``:
+1. Its own broker (:class:`~pipeline.dev.broker.DevBroker`, never ``KAFKA_BOOTSTRAP_SERVERS``:
    the suite SIGKILLs and restarts it on the same data dir and port), a fresh topic prefix, an
    in-process SMSC simulator with carrier faults (throttling, unanswered submits, receipts early,
    duplicated, out of order, lost, for unknown ids; mostly DELIVRD, a few EXPIRED and UNDELIV),
@@ -55,12 +55,12 @@ from connectors.base import normalise_message_id
 from connectors.simulators.smsc_model import Faults, SmscConfig, SubmitRecord
 from connectors.simulators.threaded import ThreadedSmsc
 from pipeline.codec import AvroCodec
-from pipeline.devbroker import DevBroker
-from pipeline.history import FINAL, HistoryReader, applied, regressions
+from pipeline.dev.broker import DevBroker
+from pipeline.dev.history import FINAL, HistoryReader, applied, regressions
+from pipeline.ops.topic_reader import read_from_start
 from pipeline.procutil import die_with_parent
 from pipeline.sdk import OutboundMessage, PublishError, TelexProducer
 from pipeline.settings import Settings, load_settings
-from pipeline.topic_reader import read_from_start
 from pipeline.topics import admin_client, apply_topics, catalogue
 
 STAGES = ("ingest", "ratelimit", "scheduler", "dispatch", "reconcile", "status")

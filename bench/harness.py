@@ -10,7 +10,7 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import TypeVar
 
-from pipeline.devbroker import DevBroker
+from pipeline.dev.broker import DevBroker
 from pipeline.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,6 +1,6 @@
 """A stage process for ``bench.clientknobs``: the real batch runtime under client knobs.
 
-    python -m bench.knobstage ingest            the ingest stage (pipeline.stages.ingest)
+    python -m bench.knobstage ingest            the ingest stage (pipeline.stages.ingest.stage)
     python -m bench.knobstage hop NAME IN OUT   a passthrough stage: each record to OUT as is
 
 Both run :class:`~pipeline.runtime.runner.StageRunner`, so the poll/produce/checkpoint loop is
@@ -96,7 +96,7 @@ def main(argv: list[str]) -> int:
     base = load_settings()
     settings = KnobSettings(**base.model_dump())
     if argv[0] == "ingest":
-        from pipeline.stages.ingest import build
+        from pipeline.stages.ingest.stage import build
         stage: Stage = build(settings)
     else:
         _, name, in_topic, out_topic = argv

@@ -24,9 +24,9 @@ from pathlib import Path
 from bench import harness
 from bench.harness import REPO, worker_env
 from pipeline.codec import AvroCodec
+from pipeline.ops.topic_reader import read_from_start
 from pipeline.sdk import OutboundMessage, TelexProducer
 from pipeline.settings import Settings, load_settings
-from pipeline.topic_reader import read_from_start
 from pipeline.topics import admin_client, apply_topics, catalogue
 
 SLOW, FAST = 1000, 10

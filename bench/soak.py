@@ -40,8 +40,8 @@ from bench.load import encoded
 from bench.pipeline import Run
 from bench.rig import Rig, _label, _tree, rig
 from pipeline.codec import AvroCodec
-from pipeline.devbroker import DevBroker
-from pipeline.history import FINAL
+from pipeline.dev.broker import DevBroker
+from pipeline.dev.history import FINAL
 
 TAG = "soak"
 

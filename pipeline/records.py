@@ -8,15 +8,23 @@ from collections.abc import Mapping
 from typing import Any
 
 __all__ = [
+    "CHANNELS",
     "FINAL_RANK",
     "IN_DOUBT",
     "RANK",
     "RECEIPT_WINDOW",
     "RESENDABLE_CHANNELS",
     "UPDATE_FIELDS",
+    "VALIDITY_MAX_S",
+    "VALIDITY_MIN_S",
     "receipt_key",
     "update_record",
 ]
+
+CHANNELS = ("sms", "whatsapp", "messenger")  # what a message may be sent on
+# A message's validity period (seconds from release), as Twilio's ValidityPeriod: past it no
+# copy of the message may reach a carrier.
+VALIDITY_MIN_S, VALIDITY_MAX_S = 1, 36_000
 
 # Twilio's status vocabulary, ranked: a message's status only moves up (equal ranks are
 # alternative final outcomes; delivered and read can still follow a failure report).

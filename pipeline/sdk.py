@@ -23,7 +23,7 @@ from pipeline.codec import AvroCodec
 from pipeline.errors import TelexError
 from pipeline.producing import produce_waiting
 from pipeline.settings import Settings, get_settings
-from pipeline.stages.validate import Rejection, validate
+from pipeline.stages.ingest.validate import Rejection, validate
 
 CLIENT = "telex-python-sdk/0.1"
 

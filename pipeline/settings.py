@@ -154,7 +154,7 @@ class Settings(BaseSettings):
         description="TELEX_JOURNAL_RETENTION_S: how long dispatch keeps a journal entry in its "
         "local store after the entry was written; unset: the longest window that can bring a "
         "copy of the message back (dedup window, validity, retries: see "
-        "pipeline.stages.dispatch_journal). The journal topic keeps every entry regardless.",
+        "pipeline.stages.dispatch.journal). The journal topic keeps every entry regardless.",
     )
     pg_schema: str = Field(
         "telex", pattern=r"^[a-z_][a-z0-9_]{0,62}$", validation_alias="TELEX_PG_SCHEMA",

@@ -21,7 +21,7 @@ import fastavro
 import pytest
 
 from pipeline.codec import SCHEMA_DIR
-from pipeline.schema_compat import check_backward
+from pipeline.dev.schema_compat import check_backward
 
 REPO = SCHEMA_DIR.parent
 BASE_REF = os.environ.get("TELEX_SCHEMA_BASE", "main")

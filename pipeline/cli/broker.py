@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from pipeline.cli import exits
-from pipeline.devbroker import KAFKA_VERSION, DevBroker, default_state_dir, ensure_jars
+from pipeline.dev.broker import KAFKA_VERSION, DevBroker, default_state_dir, ensure_jars
 from pipeline.observability import configure_logging
 
 

@@ -13,6 +13,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pipeline.demo import run
+    from pipeline.dev.demo import run
 
     return run(count=args.count, timeout=args.timeout)

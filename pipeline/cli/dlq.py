@@ -1,6 +1,6 @@
 """``telex dlq list|show|replay|purge``: dead letters for the SRE on call.
 
-Design and cursors: :mod:`pipeline.dlq`. Tables by default, ``--json`` for scripts. Exit codes
+Design and cursors: :mod:`pipeline.ops.dlq`. Tables by default, ``--json`` for scripts. Exit codes
 (:mod:`pipeline.cli.exits`): 0 ok; 1 dead letters pending (``list``), a replay that could not
 replay everything, or a declined purge; 2 usage (including a purge that cannot ask for
 confirmation); 3 broker unreachable or unknown topic. Bodies and phone numbers are redacted
@@ -17,10 +17,10 @@ import sys
 import time
 from typing import Any
 
-from pipeline import dlq
 from pipeline.cli import exits
-from pipeline.display import age_text, ms_to_text
-from pipeline.dlq_decision import (
+from pipeline.ops import dlq
+from pipeline.ops.display import age_text, ms_to_text
+from pipeline.ops.dlq_decision import (
     DeadLetter,
     Filter,
     Outcome,

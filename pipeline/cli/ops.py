@@ -10,7 +10,7 @@ import argparse
 import json
 
 from pipeline.cli.exits import OK, PROBLEMS, broker_errors
-from pipeline.ops import consumer_lag, dead_letters, stage_members
+from pipeline.ops.health import consumer_lag, dead_letters, stage_members
 from pipeline.settings import get_settings
 
 

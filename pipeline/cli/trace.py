@@ -11,9 +11,9 @@ import json
 import sys
 
 from pipeline.cli import exits
-from pipeline.display import ms_to_text
+from pipeline.ops.display import ms_to_text
+from pipeline.ops.trace import trace
 from pipeline.settings import get_settings
-from pipeline.trace import trace
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -51,7 +51,7 @@ from pipeline.runtime.delay import (
 )
 from pipeline.runtime.membership import is_lost_membership
 from pipeline.settings import Settings
-from pipeline.stages.gcra import Limit, reserve
+from pipeline.stages.ratelimit.gcra import Limit, reserve
 
 STAGE = "scheduler"
 MAX_BUFFERED = 20_000  # per partition, including records waiting for their pace

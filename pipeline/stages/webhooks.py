@@ -34,7 +34,6 @@ from prometheus_client import Counter, Histogram
 from connectors.base import Receipt
 from connectors.http_channel import SIGNATURE_HEADER, WebhookSignatureError, verify_subscription
 from connectors.http_channel.webhook import receipts_from_request
-from pipeline.carriers import Carriers
 from pipeline.codec import AvroCodec
 from pipeline.errors import ConfigError, TelexError
 from pipeline.metrics import DEAD_LETTERS
@@ -43,6 +42,7 @@ from pipeline.records import receipt_key
 from pipeline.runtime.deadletter import Provenance, dead_letter_headers, dead_letter_topic
 from pipeline.runtime.httpserver import HttpServer, Request, Response
 from pipeline.settings import Settings
+from pipeline.stages.dispatch.carriers import Carriers
 
 STAGE = "webhooks"
 MAX_BODY = 1_048_576  # Meta batches at most a few KiB per webhook; this only bounds abuse

@@ -2,7 +2,7 @@
 
 from confluent_kafka import Producer
 
-from pipeline.keyhash import partition_for
+from pipeline.ops.keyhash import partition_for
 from pipeline.settings import Settings
 from pipeline.topics import TopicSpec, admin_client, apply_topics
 from tests.fixtures.telex import read_all

@@ -16,8 +16,8 @@ import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from pipeline import devbroker
-from pipeline.devbroker import DevBroker, ensure_jars
+from pipeline.dev import broker as devbroker
+from pipeline.dev.broker import DevBroker, ensure_jars
 from pipeline.errors import BrokerError
 
 Factory = Callable[..., DevBroker]
@@ -146,7 +146,7 @@ def test_restart_after_kill_recovers_acked_records(devbroker_factory: Factory) -
 def test_jvm_dies_with_killed_parent(tmp_path: Path) -> None:
     """With die_with_parent, SIGKILL of the owning process takes the JVM with it."""
     script = (
-        "import sys\nfrom pathlib import Path\nfrom pipeline.devbroker import DevBroker\n"
+        "import sys\nfrom pathlib import Path\nfrom pipeline.dev.broker import DevBroker\n"
         f"b = DevBroker(data_dir=Path({str(tmp_path)!r}), die_with_parent=True)\n"
         "b.start()\nprint('PID', b.pid, flush=True)\nsys.stdin.read()\n"
     )

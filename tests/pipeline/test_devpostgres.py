@@ -13,8 +13,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pipeline import devpostgres
-from pipeline.devpostgres import DevPostgres
+from pipeline.dev import postgres as devpostgres
+from pipeline.dev.postgres import DevPostgres
 from pipeline.errors import DatabaseError
 
 # Stopping a cluster is fast; the budget only bounds a broken shutdown.
@@ -22,8 +22,8 @@ _EXIT_BUDGET_S = 30
 
 _SERVE_UNTIL_KILLED = """
 import sys
-from pipeline import devpostgres
-from pipeline.devpostgres import DevPostgres
+from pipeline.dev import postgres as devpostgres
+from pipeline.dev.postgres import DevPostgres
 cluster = DevPostgres()
 cluster.start()
 print(cluster.pid, cluster.data_dir.parent, flush=True)

@@ -7,8 +7,9 @@ import json
 import pytest
 
 from pipeline.codec import AvroCodec
-from pipeline.display import age_text, ms_to_text, redact
-from pipeline.dlq_decision import (
+from pipeline.headers import H_REPLAY_BY, H_REPLAY_COUNT, H_REPLAY_FROM_OFFSET, H_REPLAY_FROM_TOPIC
+from pipeline.ops.display import age_text, ms_to_text, redact
+from pipeline.ops.dlq_decision import (
     DeadLetter,
     Filter,
     Outcome,
@@ -23,7 +24,6 @@ from pipeline.dlq_decision import (
     replay_headers,
     retained_before,
 )
-from pipeline.headers import H_REPLAY_BY, H_REPLAY_COUNT, H_REPLAY_FROM_OFFSET, H_REPLAY_FROM_TOPIC
 from pipeline.runtime.deadletter import Provenance, dead_letter_headers
 
 CODEC = AvroCodec()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.keyhash import murmur2, partition_for
+from pipeline.ops.keyhash import murmur2, partition_for
 from pipeline.settings import Settings
 from pipeline.topics import TopicSpec, admin_client, apply_topics
 from tests.fixtures.telex import produce, read_all

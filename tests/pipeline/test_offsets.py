@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from pipeline import offsets
 from pipeline.errors import BrokerError
+from pipeline.ops import offsets
 
 
 class _Answer:

@@ -6,7 +6,7 @@ import pytest
 
 from connectors.base import ErrorKind
 from pipeline.errors import ConfigError, TelexError
-from pipeline.routing import (
+from pipeline.stages.dispatch.routing import (
     CLOSED,
     HALF_OPEN,
     OPEN,

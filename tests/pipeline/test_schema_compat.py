@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from pipeline.codec import SCHEMA_DIR
-from pipeline.schema_compat import check_backward
+from pipeline.dev.schema_compat import check_backward
 
 
 def record(*fields: dict[str, Any], name: str = "Event", **extra: Any) -> dict[str, Any]:

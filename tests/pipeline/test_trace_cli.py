@@ -11,11 +11,11 @@ from pathlib import Path
 from connectors.simulators.smsc_model import Faults, SmscConfig
 from connectors.simulators.threaded import ThreadedSmsc
 from connectors.smpp.pdu import Status
-from pipeline.display import ms_to_text
 from pipeline.headers import H_DUE, H_ERROR_CLASS, H_ERROR_MESSAGE, H_STAGE, H_TARGET, H_TIMER_DUE
+from pipeline.ops.display import ms_to_text
+from pipeline.ops.trace import describe
 from pipeline.sdk import OutboundMessage, TelexProducer
 from pipeline.settings import Settings
-from pipeline.trace import describe
 from tests.fixtures.telex import Worker
 from tests.pipeline.test_dlq_cli import telex
 

@@ -1,5 +1,5 @@
 """The whole pipeline as real processes, and an analyst's independent view of its output
-(:mod:`pipeline.history`, shared with the fault-injection suite in ``bench/faults.py``)."""
+(:mod:`pipeline.dev.history`, shared with the fault-injection suite in ``bench/faults.py``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from pipeline.history import FINAL, applied, independent_history, regressions
+from pipeline.dev.history import FINAL, applied, independent_history, regressions
 from pipeline.settings import Settings
 from tests.fixtures.telex import Worker
 

@@ -1,6 +1,6 @@
 """Dedup verdicts by idempotency key."""
 
-from pipeline.stages.dedup_decision import Seen, Verdict, decide
+from pipeline.stages.ingest.dedup import Seen, Verdict, decide
 
 WINDOW = 86_400_000
 

@@ -6,7 +6,7 @@ import pytest
 
 from connectors.base import ConnectorError, ErrorKind, SubmitResult
 from pipeline.errors import ERROR_CODES
-from pipeline.stages.dispatch_decision import (
+from pipeline.stages.dispatch.decision import (
     RETRY_SCHEDULE_S,
     VALIDITY_REASON,
     GiveUp,

@@ -2,7 +2,7 @@
 
 import pytest
 
-from pipeline.stages.gcra import Limit, reserve
+from pipeline.stages.ratelimit.gcra import Limit, reserve
 
 
 def run(limit: Limit, arrivals: list[tuple[float, float]]) -> list[float]:

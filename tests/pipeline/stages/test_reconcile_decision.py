@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from pipeline.records import receipt_key
-from pipeline.stages.reconcile_decision import on_deadline, on_receipt, on_submission, status_update
+from pipeline.stages.reconcile.decision import on_deadline, on_receipt, on_submission, status_update
 
 TTL = 30_000
 

@@ -12,7 +12,7 @@ from pipeline.records import update_record
 from pipeline.runtime.stage import Out, Record
 from pipeline.runtime.store import KeyState, MemoryStore
 from pipeline.settings import Settings
-from pipeline.stages.reconcile import ReconcileStage
+from pipeline.stages.reconcile.stage import ReconcileStage
 
 CODEC = AvroCodec()
 TTL_MS = 30_000

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from pipeline.records import IN_DOUBT, RANK, RECEIPT_WINDOW
-from pipeline.stages.status_decision import MessageStatus, Policy, Result, UnknownMessage, apply
+from pipeline.stages.status.decision import MessageStatus, Policy, Result, UnknownMessage, apply
 
 POLICY = Policy(receipt_window_ms=60_000, max_resends=1)
 MID = "TX" + "0" * 32

@@ -12,7 +12,7 @@ from pipeline.records import IN_DOUBT, update_record
 from pipeline.runtime.stage import Out, Record
 from pipeline.runtime.store import DiskStore, KeyState, MemoryStore, Store
 from pipeline.settings import Settings
-from pipeline.stages.status import StatusStage
+from pipeline.stages.status.stage import StatusStage
 
 CODEC = AvroCodec()
 WINDOW_MS = 10_000

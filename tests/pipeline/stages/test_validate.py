@@ -6,7 +6,7 @@ import pytest
 
 from pipeline.segments import Encoding
 from pipeline.senders import DEMO_SENDERS
-from pipeline.stages.validate import Rejection, Valid, request_hash, validate
+from pipeline.stages.ingest.validate import Rejection, Valid, request_hash, validate
 
 NOW = 1_800_000_000_000
 

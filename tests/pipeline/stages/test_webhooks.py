@@ -7,8 +7,8 @@ import json
 import pytest
 
 from connectors.http_channel import WebhookSignatureError, sign
-from pipeline.carriers import Carriers
-from pipeline.routing import RouteTable
+from pipeline.stages.dispatch.carriers import Carriers
+from pipeline.stages.dispatch.routing import RouteTable
 from pipeline.stages.webhooks import UnparseableWebhook, read_receipts, whatsapp_secrets
 
 SECRET = "s3cret"

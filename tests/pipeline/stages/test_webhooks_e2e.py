@@ -26,12 +26,12 @@ from structlog.testing import capture_logs
 from connectors.base import SubmitRequest
 from connectors.http_channel import SIGNATURE_HEADER, WhatsAppClient, WhatsAppConfig, sign
 from connectors.simulators.http_channel import HttpChannelConfig, HttpChannelSimulator, HttpFaults
-from pipeline.carriers import Carriers
 from pipeline.codec import AvroCodec
 from pipeline.procutil import die_with_parent, free_ports
 from pipeline.records import receipt_key
 from pipeline.runtime.deadletter import header_dict
 from pipeline.settings import Settings
+from pipeline.stages.dispatch.carriers import Carriers
 from pipeline.stages.webhooks import MAX_BODY, WebhookReceiver, whatsapp_secrets
 from tests.connectors.helpers import until_sync
 from tests.fixtures.telex import REPO, read_all

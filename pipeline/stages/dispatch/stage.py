@@ -4,9 +4,10 @@ A dedicated asyncio loop on confluent-kafka (not Quix Streams): carrier I/O is c
 window of outstanding submits), and a synchronous call inside a Quix ``apply`` would stall the
 partition. Per batch of up to ``TELEX_DISPATCH_BATCH`` records from ``dispatch-ready``:
 
-1. decide per record (pure, :mod:`pipeline.stages.dispatch_decision`): skip a message id the
+1. decide per record (pure, :mod:`pipeline.stages.dispatch.decision`): skip a message id the
    journal already finished (a duplicate release), resolve an in-doubt one, route the rest
-   (:mod:`pipeline.routing`: longest prefix, circuit breaker per connector, failover);
+   (:mod:`~pipeline.stages.dispatch.routing`: longest prefix, circuit breaker per connector,
+   failover);
 2. journal ATTEMPTING for every record to submit, and flush: durable before any network call;
 3. submit them all concurrently through their connectors;
 4. journal SUBMITTED (carrier id) or FAILED; announce each submission (its ``sent``) on
@@ -20,7 +21,7 @@ and 4 leaves ATTEMPTING entries without a result: those messages are read again 
 ``dispatch-ready`` and resolved by the per-channel in-doubt policy; each resulting duplicate
 submit is matched by an in-doubt journal entry. The journal (compacted, keyed and partitioned
 like ``dispatch-ready``) is the changelog of a bounded on-disk store per assigned partition
-(:mod:`pipeline.stages.dispatch_journal`: retention and why); written to disk between batches,
+(:mod:`pipeline.stages.dispatch.journal`: retention and why); written to disk between batches,
 once a second, after the records behind it are acknowledged.
 
 Receipts that arrive on a connector's session (SMPP deliver_sm) are produced to
@@ -50,7 +51,6 @@ from confluent_kafka import (
 )
 
 from connectors.base import Connector, ConnectorError, ErrorKind, SubmitRequest, SubmitResult
-from pipeline.carriers import Carriers
 from pipeline.codec import AvroCodec
 from pipeline.errors import CheckpointError, ConfigError
 from pipeline.headers import H_RESEND_AVOID, H_TIMER_DUE
@@ -64,19 +64,20 @@ from pipeline.metrics import (
 )
 from pipeline.producing import produce_waiting
 from pipeline.records import IN_DOUBT, RESENDABLE_CHANNELS, receipt_key, update_record
-from pipeline.routing import (
+from pipeline.runtime.deadletter import counted, dead_letter_topic, headers_of
+from pipeline.runtime.delay import delay_headers, tier_for, tier_topic
+from pipeline.runtime.membership import is_lost_membership
+from pipeline.settings import Settings
+from pipeline.stages.dispatch import decision
+from pipeline.stages.dispatch.carriers import Carriers
+from pipeline.stages.dispatch.journal import Journal
+from pipeline.stages.dispatch.routing import (
     CLOSED,
     HALF_OPEN,
     OPEN,
     choose,
     counts_against_health,
 )
-from pipeline.runtime.deadletter import counted, dead_letter_topic, headers_of
-from pipeline.runtime.delay import delay_headers, tier_for, tier_topic
-from pipeline.runtime.membership import is_lost_membership
-from pipeline.settings import Settings
-from pipeline.stages import dispatch_decision as decision
-from pipeline.stages.dispatch_journal import Journal
 
 STAGE = "dispatch"
 _BREAKER_LEVEL = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}

@@ -5,7 +5,7 @@ kinds of record: CarrierReceipt from the connectors (SMPP deliver_sm via dispatc
 webhooks via the webhook receiver) and StatusUpdate ``sent`` from dispatch announcing a
 submission — the dispatch journal re-keyed by carrier id. One key's records are in order on one
 partition, so the join needs no second input. Decisions are in
-:mod:`pipeline.stages.reconcile_decision`; state (submission and waiting receipts per key) is
+:mod:`pipeline.stages.reconcile.decision`; state (submission and waiting receipts per key) is
 a memory store of the batch runtime with its compacted changelog topic.
 
 Outputs: ``status-updates`` (keyed by message id, for the status stage), ``receipts-unmatched``,
@@ -40,7 +40,7 @@ from pipeline.records import receipt_key
 from pipeline.runtime.stage import Input, KeyedStage, Out, Record, StoreSpec
 from pipeline.runtime.store import KeyState
 from pipeline.settings import Settings
-from pipeline.stages import reconcile_decision as decision
+from pipeline.stages.reconcile import decision
 
 STAGE = "reconcile"
 IN_TOPIC = "carrier-receipts"

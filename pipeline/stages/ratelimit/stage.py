@@ -29,7 +29,6 @@ import structlog
 
 from pipeline.codec import AvroCodec
 from pipeline.errors import Code
-from pipeline.limits import ACCOUNT, ROUTE, SENDER, Limits, bucket_of, load_limits
 from pipeline.metrics import (
     RATELIMIT_BACKLOG,
     RATELIMIT_QUEUED_SEGMENTS,
@@ -42,7 +41,8 @@ from pipeline.runtime.stage import Input, KeyedStage, Out, Record, StoreSpec
 from pipeline.runtime.store import KeyState
 from pipeline.senders import load_registry
 from pipeline.settings import Settings
-from pipeline.stages.gcra import Limit, Reservation, reserve
+from pipeline.stages.ratelimit.gcra import Limit, Reservation, reserve
+from pipeline.stages.ratelimit.limits import ACCOUNT, ROUTE, SENDER, Limits, bucket_of, load_limits
 
 STAGE = "ratelimit"
 # After a bucket deferred a message, its later messages also go through the scheduler (due at

@@ -45,10 +45,10 @@ import structlog
 from confluent_kafka import Consumer, TopicPartition
 
 from pipeline.codec import AvroCodec
+from pipeline.records import VALIDITY_MAX_S
 from pipeline.runtime.runner import restore
 from pipeline.runtime.store import DiskStore, encode_entry
 from pipeline.settings import Settings
-from pipeline.stages.validate import VALIDITY_MAX_S
 
 log = structlog.get_logger("telex.dispatch")
 

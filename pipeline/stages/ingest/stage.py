@@ -36,9 +36,9 @@ from pipeline.runtime.stage import Input, KeyedStage, Out, Record, StoreSpec
 from pipeline.runtime.store import KeyState
 from pipeline.senders import SenderRegistry, load_registry
 from pipeline.settings import Settings
-from pipeline.stages.dedup_decision import Seen, Verdict
-from pipeline.stages.dedup_decision import decide as dedup
-from pipeline.stages.validate import Rejection, Valid, request_hash, validate
+from pipeline.stages.ingest.dedup import Seen, Verdict
+from pipeline.stages.ingest.dedup import decide as dedup
+from pipeline.stages.ingest.validate import Rejection, Valid, request_hash, validate
 
 STAGE = "ingest"
 IN_TOPIC = "message-requested"

@@ -153,7 +153,7 @@ def _check_slf4j_binding(libs: Path) -> None:
     if wants_v2 != (_SLF4J_BINDING == "log4j-slf4j2-impl"):
         raise BrokerError(
             f"{apis[0]} does not match the log4j binding {_SLF4J_BINDING}; the broker would "
-            "log nothing. Update _SLF4J_BINDING in pipeline/devbroker.py."
+            "log nothing. Update _SLF4J_BINDING in pipeline/dev/broker.py."
         )
 
 

@@ -20,10 +20,7 @@ from typing import Any
 
 from confluent_kafka import Message
 
-from pipeline import offsets
 from pipeline.codec import AvroCodec
-from pipeline.display import ms_to_text, redact
-from pipeline.dlq_decision import decode_value
 from pipeline.errors import BrokerError
 from pipeline.headers import (
     H_DUE,
@@ -35,9 +32,13 @@ from pipeline.headers import (
     H_TARGET,
     H_TIMER_DUE,
 )
-from pipeline.keyhash import partition_for
 from pipeline.observability import redact_value
-from pipeline.ops import admin
+from pipeline.ops import offsets
+from pipeline.ops.display import ms_to_text, redact
+from pipeline.ops.dlq_decision import decode_value
+from pipeline.ops.health import admin
+from pipeline.ops.keyhash import partition_for
+from pipeline.ops.topic_reader import read_ranges
 from pipeline.records import receipt_key
 from pipeline.runtime.deadletter import header_dict
 from pipeline.runtime.delay import TIER_DELAYS_MS, tier_topic
@@ -45,8 +46,7 @@ from pipeline.runtime.registry import dead_letter_topics
 from pipeline.runtime.runner import changelog_topic
 from pipeline.runtime.store import decode_entry
 from pipeline.settings import Settings
-from pipeline.stages import status as status_stage
-from pipeline.topic_reader import read_ranges
+from pipeline.stages.status import stage as status_stage
 
 _TIERS = tuple(tier_topic(i) for i in range(len(TIER_DELAYS_MS)))
 _DLQS = (*dead_letter_topics(), "dlq-parked")

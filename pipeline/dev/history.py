@@ -15,19 +15,19 @@ import io
 import json
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import fastavro
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from pipeline.codec import SCHEMA_DIR
 from pipeline.records import RANK
 from pipeline.settings import Settings
 
 __all__ = ["FINAL", "HistoryReader", "applied", "independent_history", "regressions"]
 
 FINAL = ("delivered", "undelivered", "failed", "read", "canceled")
-_SCHEMA_FILE = Path(__file__).resolve().parent / "schemas" / "delivery_status.avsc"
+_SCHEMA_FILE = SCHEMA_DIR / "delivery_status.avsc"
 _LEADERSHIP = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
                KafkaError.UNKNOWN_TOPIC_OR_PART}
 _MARKER = b"\xc3\x01"

@@ -24,7 +24,7 @@ import phonenumbers
 
 from pipeline.errors import ConfigError
 from pipeline.senders import SenderKind, SenderRegistry
-from pipeline.stages.gcra import Limit
+from pipeline.stages.ratelimit.gcra import Limit
 
 ACCOUNT = "account"
 SENDER = "sender"

@@ -13,15 +13,15 @@ consumes with:
   it only after its records are acknowledged, so an interrupted replay resumes where it stopped.
 
 Both only move forward, across a leading run of records the command acted on: a record left out
-by a filter stops them (:func:`pipeline.dlq_decision.cursor_after`).
+by a filter stops them (:func:`pipeline.ops.dlq_decision.cursor_after`).
 
 Replay, per run:
 
 1. read each selected partition from its cursors to the end offset seen at the start;
-2. plan each record (:func:`pipeline.dlq_decision.plan_replay`): filters; a record that came back
-   after a replay goes to ``dlq-parked`` (never replayed again unless ``dlq-parked`` is named);
-   a message whose dispatch journal says the carrier may have it is skipped ("already
-   submitted"): the journal is read only on the partitions its message ids hash to;
+2. plan each record (:func:`~pipeline.ops.dlq_decision.plan_replay`): filters; a record that
+   came back after a replay goes to ``dlq-parked`` (never replayed again unless ``dlq-parked``
+   is named); a message whose dispatch journal says the carrier may have it is skipped
+   ("already submitted"): the journal is read only on the partitions its message ids hash to;
    everything else goes to its original topic, or to ``--to``;
 3. produce (idempotent, acks=all), at most ``--rate`` records per second, with the original
    key, value and headers plus ``telex.replay.*`` provenance;
@@ -42,9 +42,10 @@ from typing import Any
 from confluent_kafka import KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient
 
-from pipeline import offsets
 from pipeline.codec import AvroCodec
-from pipeline.dlq_decision import (
+from pipeline.errors import BrokerError, CodecError, TopicError
+from pipeline.ops import offsets
+from pipeline.ops.dlq_decision import (
     DeadLetter,
     Filter,
     Outcome,
@@ -57,13 +58,12 @@ from pipeline.dlq_decision import (
     replay_headers,
     retained_before,
 )
-from pipeline.errors import BrokerError, CodecError, TopicError
-from pipeline.keyhash import partition_for
-from pipeline.ops import admin
+from pipeline.ops.health import admin
+from pipeline.ops.keyhash import partition_for
+from pipeline.ops.topic_reader import read_ranges
 from pipeline.producing import produce_waiting
 from pipeline.runtime.registry import dead_letter_topics
 from pipeline.settings import Settings
-from pipeline.topic_reader import read_ranges
 from pipeline.topics import find
 
 PARKED = "dlq-parked"

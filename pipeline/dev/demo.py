@@ -23,12 +23,12 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 
 from pipeline.codec import AvroCodec
-from pipeline.devbroker import DevBroker
+from pipeline.dev.broker import DevBroker
+from pipeline.ops.topic_reader import read_from_start
 from pipeline.procutil import free_ports
 from pipeline.runtime.registry import dead_letter_topics
 from pipeline.sdk import OutboundMessage, TelexProducer
 from pipeline.settings import Settings, load_settings
-from pipeline.topic_reader import read_from_start
 from pipeline.topics import admin_client, apply_topics, catalogue
 
 FINAL = ("delivered", "undelivered", "failed", "read", "canceled")

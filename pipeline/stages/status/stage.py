@@ -3,7 +3,7 @@
 Input ``status-updates`` (StatusUpdate, keyed by message id) from every stage that learns
 something: ingest (accepted/scheduled/failed), rate limit (failed), dispatch (sent/failed, and
 in-doubt deadlines headed :data:`H_TIMER_DUE`), reconcile (receipts). Decisions are in
-:mod:`pipeline.stages.status_decision`; per-message state is a disk store of the batch runtime
+:mod:`pipeline.stages.status.decision`; per-message state is a disk store of the batch runtime
 with its compacted changelog topic.
 
 **Deadlines are timers of the runtime** (punctuation): the message's entry keeps its pending
@@ -45,7 +45,7 @@ from pipeline.records import UPDATE_FIELDS
 from pipeline.runtime.stage import Input, KeyedStage, Out, Record, StoreSpec
 from pipeline.runtime.store import KeyState
 from pipeline.settings import Settings
-from pipeline.stages import status_decision as decision
+from pipeline.stages.status import decision
 
 STAGE = "status"
 IN_TOPIC = "status-updates"

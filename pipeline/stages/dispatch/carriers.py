@@ -17,7 +17,8 @@
 Per type, the required keys are: smpp ``host``, ``port``, ``system_id``, ``password``;
 whatsapp ``base_url``, ``phone_number_id``, ``access_token``. ``type`` defaults to "smpp".
 Unknown keys are refused, so a misspelt option fails at start-up rather than being ignored.
-``breaker`` (any type, optional) overrides :class:`pipeline.routing.CircuitBreaker` defaults.
+``breaker`` (any type, optional) overrides
+:class:`~pipeline.stages.dispatch.routing.CircuitBreaker` defaults.
 
 Passwords, tokens and secrets stay in this file (or a secret mount), never in logs: connector
 configs hide them from ``repr``, and no error raised here quotes a value.
@@ -35,7 +36,7 @@ from connectors.base import Connector
 from connectors.http_channel.client import WhatsAppClient, WhatsAppConfig
 from connectors.smpp.client import SmppClient, SmppConfig
 from pipeline.errors import ConfigError
-from pipeline.routing import CircuitBreaker, RouteTable
+from pipeline.stages.dispatch.routing import CircuitBreaker, RouteTable
 
 __all__ = ["Carriers"]
 

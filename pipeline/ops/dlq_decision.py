@@ -1,6 +1,6 @@
 """Dead letters as operators see them (pure): parsing, filters, summaries, cursors, replay plans.
 
-No Kafka here: :mod:`pipeline.dlq` reads the records and offsets, feeds these functions and
+No Kafka here: :mod:`pipeline.ops.dlq` reads the records and offsets, feeds these functions and
 writes what they decide. Times always arrive as arguments.
 
 Cursors are committed offsets of consumer groups that nothing consumes with; a cursor only moves
@@ -26,7 +26,6 @@ from enum import StrEnum
 from typing import Any
 
 from pipeline.codec import AvroCodec
-from pipeline.display import redact
 from pipeline.errors import CodecError
 from pipeline.headers import (
     H_DLQ,
@@ -49,6 +48,7 @@ from pipeline.headers import (
     H_STAGE,
 )
 from pipeline.observability import redact_value
+from pipeline.ops.display import redact
 from pipeline.runtime.deadletter import header_dict
 
 # Journal states after which the carrier may already hold the message: a replay must not

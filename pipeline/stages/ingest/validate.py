@@ -20,13 +20,13 @@ import phonenumbers
 from phonenumbers import PhoneNumberType
 
 from pipeline.errors import Code
+from pipeline.records import CHANNELS, VALIDITY_MAX_S, VALIDITY_MIN_S
 from pipeline.segments import Encoding, segment
 from pipeline.senders import SenderRegistry
 
-CHANNELS = ("sms", "whatsapp", "messenger")
 MAX_BODY = {"sms": 1600, "whatsapp": 4096, "messenger": 2000}
 MAX_MEDIA = 10
-VALIDITY_MIN_S, VALIDITY_MAX_S, VALIDITY_DEFAULT_S = 1, 36_000, 36_000
+VALIDITY_DEFAULT_S = VALIDITY_MAX_S
 MAX_SCHEDULE_AHEAD_MS = 35 * 86_400_000  # Twilio schedules up to 35 days ahead
 _REFUSED_TYPES = {
     PhoneNumberType.PREMIUM_RATE: (Code.REGION_NOT_ENABLED, "premium-rate numbers are not enabled"),

@@ -19,7 +19,7 @@ from typing import Any
 
 from connectors.base import ErrorKind
 from pipeline.errors import ConfigError, TelexError
-from pipeline.stages.validate import CHANNELS
+from pipeline.records import CHANNELS
 
 __all__ = [
     "CLOSED",

@@ -1,0 +1,1 @@
+"""Ingest: validation (validate) and dedup by idempotency key (dedup), run by stage."""

@@ -1,0 +1,1 @@
+"""Rate limiting: the GCRA (gcra), the configured limits (limits) and the bucket steps (stage)."""

@@ -1,0 +1,1 @@
+"""Reconcile: receipts joined with submissions (decision), run by stage."""
