@@ -20,6 +20,25 @@ from typing import Any, Protocol, runtime_checkable
 from pipeline.errors import Code, TelexError
 from pipeline.segments import Encoding, Segmentation, segment
 
+__all__ = [
+    "CLASSIFICATION",
+    "BindError",
+    "Classification",
+    "Connector",
+    "ConnectorError",
+    "ErrorKind",
+    "Health",
+    "IdBase",
+    "Receipt",
+    "ReceiptStatus",
+    "ReceiptStream",
+    "SubmitRequest",
+    "SubmitResult",
+    "error_code_for",
+    "normalise_message_id",
+    "now_ms",
+]
+
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000

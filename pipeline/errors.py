@@ -8,6 +8,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import IntEnum
 
+__all__ = [
+    "ERROR_CODES",
+    "BrokerError",
+    "CheckpointError",
+    "Code",
+    "CodecError",
+    "ConfigError",
+    "DatabaseError",
+    "ErrorCode",
+    "RegistryError",
+    "SchemaMismatchError",
+    "SchemaViolationError",
+    "TelexError",
+    "TopicError",
+    "UnknownSchemaError",
+    "error_title",
+]
+
 
 class TelexError(Exception):
     """Root of every error Telex raises on purpose."""

@@ -16,6 +16,13 @@ from typing import IO, Any
 import structlog
 from prometheus_client import start_http_server
 
+__all__ = [
+    "configure_logging",
+    "redact",
+    "redact_value",
+    "start_metrics_server",
+]
+
 # Keys whose values are message content or addresses: replaced entirely.
 _CONTENT_KEYS = frozenset({"body", "text", "media_urls", "recipient", "sender", "to", "from",
                            "from_", "phone", "phone_number", "msisdn", "destination"})

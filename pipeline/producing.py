@@ -6,6 +6,10 @@ from typing import Any
 
 from confluent_kafka import Producer
 
+__all__ = [
+    "produce_waiting",
+]
+
 
 def produce_waiting(producer: Producer, topic: str, **kwargs: Any) -> None:
     """``producer.produce(topic, **kwargs)``; while librdkafka's local queue is full, serve

@@ -25,6 +25,14 @@ from pipeline.producing import produce_waiting
 from pipeline.settings import Settings, get_settings
 from pipeline.stages.ingest.validate import Rejection, validate
 
+__all__ = [
+    "OutboundMessage",
+    "PublishError",
+    "RequestRejected",
+    "TelexProducer",
+    "message_id_for",
+]
+
 CLIENT = "telex-python-sdk/0.1"
 
 

@@ -16,6 +16,12 @@ from enum import StrEnum
 
 import gsm0338  # noqa: F401  (registers the "gsm03.38" codec)
 
+__all__ = [
+    "Encoding",
+    "Segmentation",
+    "segment",
+]
+
 _ESC = 0x1B
 
 

@@ -15,6 +15,14 @@ from pathlib import Path
 
 from pipeline.errors import ConfigError
 
+__all__ = [
+    "DEMO_SENDERS",
+    "Sender",
+    "SenderKind",
+    "SenderRegistry",
+    "load_registry",
+]
+
 
 class SenderKind(StrEnum):
     LONG_CODE = "long_code"

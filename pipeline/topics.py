@@ -27,6 +27,19 @@ from pipeline.runtime.delay import TIER_DELAYS_MS, tier_topic
 from pipeline.runtime.registry import changelogs, dead_letter_topics
 from pipeline.settings import Settings
 
+__all__ = [
+    "COMPACTED",
+    "DAY_MS",
+    "STREAM",
+    "ApplyReport",
+    "TopicSpec",
+    "admin_client",
+    "apply_topics",
+    "catalogue",
+    "describe_configs",
+    "find",
+]
+
 DAY_MS = 86_400_000
 
 STREAM = "stream"

@@ -62,3 +62,21 @@ def test_stages_never_import_each_other():
                     and not any(_is(name, a) for a in allowed)):
                 offenders.append((_module(path), name))
     assert offenders == []
+
+
+PUBLIC = ("pipeline", "pipeline.sdk", "pipeline.settings", "pipeline.errors", "pipeline.codec",
+          "pipeline.records", "pipeline.headers", "pipeline.topics", "pipeline.observability",
+          "pipeline.segments", "pipeline.senders", "pipeline.producing", "pipeline.broker_retry",
+          "pipeline.runtime.stage", "pipeline.runtime.store", "pipeline.runtime.runner",
+          "pipeline.runtime.registry", "connectors.base")
+
+
+def test_public_modules_declare_and_define_their_exports():
+    """Every public module has ``__all__``, and every name in it exists."""
+    import importlib
+
+    for name in PUBLIC:
+        module = importlib.import_module(name)
+        exported = getattr(module, "__all__", None)
+        assert exported, f"{name} has no __all__"
+        assert [n for n in exported if not hasattr(module, n)] == [], name

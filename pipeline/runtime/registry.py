@@ -22,6 +22,17 @@ from typing import Any, Literal
 from pipeline.runtime.deadletter import dead_letter_topic
 from pipeline.settings import Settings
 
+__all__ = [
+    "NAMES",
+    "RESERVED_DEAD_LETTERS",
+    "STAGES",
+    "StageSpec",
+    "changelogs",
+    "consuming",
+    "dead_letter_topics",
+    "spec",
+]
+
 Kind = Literal["batch", "service"]
 
 

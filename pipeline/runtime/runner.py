@@ -71,6 +71,12 @@ from pipeline.runtime.stage import Out, Record, Stage, StoreSpec, header_value
 from pipeline.runtime.store import DiskStore, MemoryStore, Store
 from pipeline.settings import Settings
 
+__all__ = [
+    "StageRunner",
+    "changelog_topic",
+    "restore",
+]
+
 T = TypeVar("T")
 _SWEEP_LIMIT = 200_000
 

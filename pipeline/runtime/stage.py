@@ -33,6 +33,17 @@ from pipeline.runtime.deadletter import (
 )
 from pipeline.runtime.store import KeyState, Store
 
+__all__ = [
+    "PUNCTUATE_LIMIT",
+    "Input",
+    "KeyedStage",
+    "Out",
+    "Record",
+    "Stage",
+    "StoreSpec",
+    "header_value",
+]
+
 Headers = list[tuple[str, bytes]]
 
 

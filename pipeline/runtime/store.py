@@ -50,6 +50,18 @@ from typing import Any
 
 import orjson
 
+__all__ = [
+    "TIMER_FIELD",
+    "DiskStore",
+    "KeyState",
+    "MemoryStore",
+    "Store",
+    "decode_entry",
+    "encode_entry",
+    "entry_expiry",
+    "entry_timer",
+]
+
 Entry = dict[str, Any]
 _NO_EXPIRY = 2**62
 _U64 = struct.Struct(">Q")
