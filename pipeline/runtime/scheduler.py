@@ -50,8 +50,9 @@ from pipeline.runtime.delay import (
     tier_topic,
 )
 from pipeline.runtime.membership import is_lost_membership
+from pipeline.runtime.pacing import Pacers
 from pipeline.settings import Settings
-from pipeline.stages.ratelimit.gcra import Limit, reserve
+from pipeline.stages.ratelimit.gcra import Limit
 
 STAGE = "scheduler"
 MAX_BUFFERED = 20_000  # per partition, including records waiting for their pace
@@ -92,13 +93,6 @@ class _Partition:
         return min(candidates) if candidates else None
 
 
-@dataclass
-class _Pacer:
-    limit: Limit
-    tat_ms: float | None = None
-    queue: deque[tuple[PartitionKey, Message, str, int]] = field(default_factory=deque)
-
-
 class Scheduler:
     """Consumes every delay tier and releases or moves records as they become actionable."""
 
@@ -109,7 +103,7 @@ class Scheduler:
         self._consumer = Consumer(settings.consumer_config(settings.topic(STAGE)))
         self._producer = Producer(settings.producer_config())
         self._parts: dict[PartitionKey, _Partition] = {}
-        self._pacers: dict[str, _Pacer] = {}
+        self._pacers: Pacers[tuple[PartitionKey, Message, str]] = Pacers(_PACER_IDLE_MS)
         self._timers: list[tuple[float, int, PartitionKey, Message, str, Pace | None]] = []
         self._timer_seq = 0
         self._running = True
@@ -167,8 +161,7 @@ class Scheduler:
         gone = {(tp.topic, tp.partition) for tp in partitions}
         for key in gone:
             self._parts.pop(key, None)
-        for pacer in self._pacers.values():
-            pacer.queue = deque(item for item in pacer.queue if item[0] not in gone)
+        self._pacers.drop(lambda item: item[0] in gone)
         self._timers = [t for t in self._timers if t[2] not in gone]
         heapq.heapify(self._timers)
 
@@ -268,10 +261,9 @@ class Scheduler:
         """Release a due record now, or queue it behind its bucket's pace."""
         part = self._parts[key]
         if pace is not None:
-            pacer = self._pacers.setdefault(pace.bucket, _Pacer(Limit(pace.rate, pace.burst)))
             # Never laxer than the stage's books (which include its direct releases).
-            pacer.tat_ms = max(pacer.tat_ms or 0.0, pace.booked_ms)
-            pacer.queue.append((key, msg, target, pace.segments))
+            self._pacers.offer(pace.bucket, Limit(pace.rate, pace.burst), (key, msg, target),
+                               pace.segments, pace.booked_ms)
             part.held.add(msg.offset())
             return
         self._send(self._settings.topic(target), msg, [], now_ms)
@@ -281,24 +273,14 @@ class Scheduler:
 
     def _release_paced(self, now_ms: float, touched: set[PartitionKey]) -> float:
         """Release queued records each bucket's limit allows now; returns the next due time."""
-        next_ready = float("inf")
-        for bucket, pacer in list(self._pacers.items()):
-            while pacer.queue:
-                key, msg, target, segments = pacer.queue[0]
-                slot = reserve(pacer.tat_ms, now_ms, segments, pacer.limit)
-                if slot.release_at_ms > now_ms:
-                    next_ready = min(next_ready, slot.release_at_ms)
-                    break
-                pacer.tat_ms = slot.tat_ms
-                pacer.queue.popleft()
-                self._send(self._settings.topic(target), msg, [], now_ms)
-                self._released.inc()
-                part = self._parts.get(key)
-                if part is not None:
-                    part.held.discard(msg.offset())
-                    touched.add(key)
-            if not pacer.queue and (pacer.tat_ms or 0) < now_ms - _PACER_IDLE_MS:
-                del self._pacers[bucket]
+        released, next_ready = self._pacers.release(now_ms)
+        for key, msg, target in released:
+            self._send(self._settings.topic(target), msg, [], now_ms)
+            self._released.inc()
+            part = self._parts.get(key)
+            if part is not None:
+                part.held.discard(msg.offset())
+                touched.add(key)
         return next_ready
 
     def _commit(self, touched: set[PartitionKey]) -> None:

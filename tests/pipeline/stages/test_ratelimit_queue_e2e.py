@@ -16,8 +16,10 @@ from tests.fixtures.telex import Worker, read_all
 CODEC = AvroCodec()
 SHORT_VALIDITY = "+14155550100"  # 2/s, messages valid for 5 s
 CAPPED = "+14155550101"  # 1/s with a 9 s queue cap
+NARROW = "55501"  # 5 segments/s, burst 1: every 2-segment message costs more than it
 LIMITS = {"senders": {f"sms:{SHORT_VALIDITY}": {"rate": 2, "burst": 1},
-                      f"sms:{CAPPED}": {"rate": 1, "burst": 1}},
+                      f"sms:{CAPPED}": {"rate": 1, "burst": 1},
+                      f"sms:{NARROW}": {"rate": 5, "burst": 1}},
           "queue_hours": 9 / 3600}
 
 
@@ -91,6 +93,28 @@ def test_queue_full_and_expired_in_queue_fail_explicitly(
     for mid in short_ids:
         if settled[mid][0] == "released":
             assert settled[mid][1] <= accepted[mid], "released after its validity ended"
+
+
+def test_messages_costing_more_than_the_burst_are_released_at_their_slots(
+    topics: Settings, worker: Callable[[str, Settings], Worker], tmp_path: Path
+):
+    """Regression: 2-segment messages on a burst-1 bucket are always deferred, and the
+    scheduler's pacing used to push such a record back at every look, so it never left. All
+    four are released, each at least its two segments' time (400 ms) after the previous."""
+    limits = tmp_path / "limits.json"
+    limits.write_text(json.dumps(LIMITS))
+    settings = topics.model_copy(update={"limits_file": str(limits)})
+    start_and_await_pipeline(settings, worker)
+    long_body = "z" * 200  # GSM-7, 2 segments
+    with TelexProducer(settings) as producer:
+        ids = producer.send_batch([
+            OutboundMessage(account_id="a", channel="sms", sender=NARROW,
+                            recipient=f"+1415400{i:04d}", body=long_body,
+                            idempotency_key=f"n{i}") for i in range(4)])
+    settled = outcomes(settings, 5)  # and the warm-up message
+    assert [settled[i][0] for i in ids] == ["released"] * 4, [settled[i] for i in ids]
+    times = sorted(float(settled[i][1]) for i in ids)  # type: ignore[arg-type]
+    assert all(b - a >= 400 - 5 for a, b in itertools.pairwise(times)), times
 
 
 def test_scheduled_send_waits_for_send_at_and_deferrals_explain_themselves(
