@@ -87,12 +87,14 @@ def test_submit_request_uses_the_billed_split() -> None:
 
 
 def test_connectors_satisfy_the_protocol() -> None:
+    """SmppClient and WhatsAppClient instances are instances of the Connector protocol."""
     smpp = SmppClient(SmppConfig("127.0.0.1", 1, "u", "p"))
     wa = WhatsAppClient(WhatsAppConfig("http://127.0.0.1:1", "1", "t"))
     assert isinstance(smpp, Connector) and isinstance(wa, Connector)
 
 
 def test_secrets_stay_out_of_config_repr() -> None:
+    """The SMPP password and the WhatsApp access token do not appear in their configs' repr."""
     assert "hunter2" not in repr(SmppConfig("h", 1, "u", "hunter2"))
     assert "tok" not in repr(WhatsAppConfig("http://h", "1", "tok", app_secret="sec"))
 

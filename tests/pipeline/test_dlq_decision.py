@@ -121,6 +121,8 @@ def test_cursor_stops_at_the_first_record_not_acted_on():
 
 
 def test_retained_before_counts_handled_records_still_on_the_broker():
+    """Offsets from log start up to the cursor (capped at the log end) are counted; none without a
+    cursor or with one below log start."""
     assert retained_before(5, 20, None) == 0
     assert retained_before(5, 20, 12) == 7
     assert retained_before(5, 20, 3) == 0
@@ -162,12 +164,15 @@ def plan(dl: DeadLetter, flt: Filter | None = None, journal=None, to: str | None
 
 
 def test_replay_goes_to_the_original_topic_or_the_one_asked_for():
+    """A dead letter is planned for REPLAY to its original topic, or to the topic asked for."""
     assert plan(dead()).outcome is Outcome.REPLAY
     assert plan(dead()).target == "p.dispatch-ready"
     assert plan(dead(), to="p.message-requested").target == "p.message-requested"
 
 
 def test_replay_leaves_out_filtered_and_already_submitted_records():
+    """A dead letter the filter excludes is FILTERED; one whose journal says SUBMITTED is
+    ALREADY_SUBMITTED, with the state in the reason."""
     assert plan(dead(), Filter(stage="ingest")).outcome is Outcome.FILTERED
     skipped = plan(dead(), journal={"state": "SUBMITTED", "attempt": 0})
     assert skipped.outcome is Outcome.ALREADY_SUBMITTED and "SUBMITTED" in skipped.reason
@@ -226,6 +231,8 @@ def test_describe_redacts_body_numbers_and_raw_bytes_by_default():
 
 
 def test_times_are_shown_as_utc_text_and_compact_ages():
+    """Times show as ISO UTC with milliseconds ('-' for none or negative); ages in the largest whole
+    unit (42s, 7m, 3h, 2d), '-' for none and 0s for a future time."""
     assert ms_to_text(1_700_000_000_123) == "2023-11-14T22:13:20.123Z"
     assert ms_to_text(None) == ms_to_text(-1) == "-"
     now = 10 * 86_400_000

@@ -21,10 +21,12 @@ from tests.fixtures.telex import produce, read_all
     (b"abc", 479470107),
 ])
 def test_murmur2_matches_the_java_client(data: bytes, expected: int):
+    """murmur2 gives the Java client's values for its test vectors."""
     assert murmur2(data) == expected
 
 
 def test_partition_for_refuses_a_topic_without_partitions():
+    """partition_for with 0 partitions raises ValueError."""
     with pytest.raises(ValueError, match="at least one partition"):
         partition_for("TX1", 0)
 

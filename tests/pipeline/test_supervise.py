@@ -36,17 +36,20 @@ def runs(tmp_path: Path) -> int:
 
 
 def test_restarts_after_error_exits_until_a_clean_exit(tmp_path: Path) -> None:
+    """A child exiting 1, 1, then 0 runs three times and the supervisor returns 0."""
     assert supervise("t", [], command=child(tmp_path, [1, 1, 0]), backoff_s=FAST) == 0
     assert runs(tmp_path) == 3
 
 
 def test_a_configuration_error_is_not_restarted(tmp_path: Path) -> None:
+    """A child exiting with the configuration-error code runs once and the supervisor returns it."""
     assert supervise("t", [], command=child(tmp_path, [EXIT_CONFIG]), backoff_s=FAST) == (
         EXIT_CONFIG)
     assert runs(tmp_path) == 1
 
 
 def test_a_crash_loop_ends_the_supervisor(tmp_path: Path) -> None:
+    """A child that always exits 1 runs MAX_QUICK_FAILURES times, then the supervisor returns 1."""
     assert supervise("t", [], command=child(tmp_path, [1]), backoff_s=FAST) == 1
     assert runs(tmp_path) == MAX_QUICK_FAILURES
 

@@ -69,6 +69,7 @@ async def test_429_is_retryable_throttling() -> None:
 
 
 async def test_5xx_is_retryable() -> None:
+    """HTTP 500 (code 131000) → server_error, retryable, 30500."""
     with simulator(faults=HttpFaults(server_error_rate=1.0)) as sim:
         async with client(sim) as wa:
             with pytest.raises(ConnectorError) as info:

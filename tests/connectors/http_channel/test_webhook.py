@@ -49,6 +49,8 @@ RAW = json.dumps(PAYLOAD).encode()
 
 
 def test_signature_is_hmac_sha256_of_the_raw_body() -> None:
+    """sign() gives 'sha256=' and the hex HMAC-SHA256 of the raw body under the app secret, and
+    verify_signature accepts it."""
     expected = "sha256=" + hmac.new(SECRET.encode(), RAW, hashlib.sha256).hexdigest()
     assert sign(RAW, SECRET) == expected
     assert verify_signature(RAW, expected, SECRET)
@@ -88,6 +90,8 @@ def test_inbound_messages_and_unknown_statuses() -> None:
 
 
 def test_receipts_from_request_checks_before_parsing() -> None:
+    """A wrongly signed non-JSON body raises WebhookSignatureError, a correctly signed one
+    ValueError; the signed payload yields its 2 receipts."""
     with pytest.raises(WebhookSignatureError):
         receipts_from_request(b"not json", sign(b"other", SECRET), SECRET)
     with pytest.raises(ValueError):
@@ -96,6 +100,7 @@ def test_receipts_from_request_checks_before_parsing() -> None:
 
 
 def test_subscription_challenge() -> None:
+    """A subscribe with the right verify token gets its hub.challenge back; else None."""
     params = {"hub.mode": "subscribe", "hub.verify_token": "vt", "hub.challenge": "1158201444"}
     assert verify_subscription(params, "vt") == "1158201444"
     assert verify_subscription({**params, "hub.verify_token": "no"}, "vt") is None

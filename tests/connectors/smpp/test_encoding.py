@@ -71,12 +71,14 @@ def test_split_udh_reads_8_and_16_bit_references() -> None:
 
 
 def test_decode_text_by_data_coding() -> None:
+    """data_coding 0x00 decodes GSM-7 (escapes included), 0x08 UTF-16BE, another (0x03) Latin-1."""
     assert decode_text(0x00, bytes([0x00, 0x1B, 0x65])) == "@€"
     assert decode_text(0x08, "ж".encode("utf-16-be")) == "ж"
     assert decode_text(0x03, b"\xe9") == "é"
 
 
 def test_empty_body_cannot_be_an_sms() -> None:
+    """Encoding the parts of an absent body raises CodecError."""
     with pytest.raises(CodecError):
         encode_parts(segment(None), ref=0)
 
@@ -123,5 +125,6 @@ def test_ascii_fast_path_agrees_with_the_codec() -> None:
 
 
 def test_text_outside_gsm7_is_a_codec_error() -> None:
+    """encode_gsm7 of a character outside GSM-7 ('ж') raises CodecError."""
     with pytest.raises(CodecError):
         encode_gsm7("ж")

@@ -48,6 +48,7 @@ def test_text_quoting_a_key_does_not_steal_it() -> None:
 
 
 def test_missing_fields_are_none() -> None:
+    """Fields absent from the text (err, submit date, text) are None; id and stat are read."""
     r = parse_receipt_text("id:5 stat:EXPIRED")
     assert (r.id, r.stat, r.err, r.submit_date_ms, r.text) == ("5", "EXPIRED", None, None, None)
 
@@ -117,6 +118,7 @@ def test_tlvs_win_over_text() -> None:
 
 
 def test_tlv_only_receipt_without_text() -> None:
+    """A deliver_sm with empty text takes id abc and state 2 (delivered) from TLVs; raw is None."""
     tlvs = {p.Tag.RECEIPTED_MESSAGE_ID: p.tlv_cstring("abc"), p.Tag.MESSAGE_STATE: p.tlv_u8(2)}
     r = receipt_from_deliver_sm(_deliver("", tlvs), connector="c", received_at_ms=1)
     assert r is not None and (r.carrier_message_id, r.status, r.raw) == (
@@ -124,5 +126,6 @@ def test_tlv_only_receipt_without_text() -> None:
 
 
 def test_receipt_without_any_id_is_none() -> None:
+    """A deliver_sm whose text has no id and that has no receipted_message_id TLV gives None."""
     assert receipt_from_deliver_sm(_deliver("stat:DELIVRD"), connector="c",
                                    received_at_ms=1) is None

@@ -20,6 +20,7 @@ def test_single_part_fields() -> None:
 
 
 def test_no_receipt_requested() -> None:
+    """registered_delivery=False gives a submit_sm with registered_delivery 0."""
     [sm] = build_submit_sms(SubmitRequest("m", "Telex", "+1555", "hi",
                                           registered_delivery=False), ref=0)
     assert sm.registered_delivery == 0
@@ -51,6 +52,8 @@ def test_refusals_are_permanent(req: SubmitRequest, kind: ErrorKind) -> None:
 
 
 def test_worst_error_prefers_permanent_then_bugs() -> None:
+    """A non-connector error (a bug) wins over any ConnectorError, a permanent one over a retryable
+    one; a lone retryable error is returned as is."""
     throttled = ConnectorError(ErrorKind.THROTTLED, "x")
     rejected = ConnectorError(ErrorKind.REJECTED, "y")
     bug = KeyError("z")

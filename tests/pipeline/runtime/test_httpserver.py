@@ -49,19 +49,24 @@ def test_pipelined_requests_are_answered_in_order_on_one_connection() -> None:
 
 
 def test_chunked_bodies_are_refused_with_501() -> None:
+    """A request with Transfer-Encoding: chunked is answered 501."""
     data = b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
     assert asyncio.run(exchange(data)).startswith(b"HTTP/1.1 501 ")
 
 
 def test_malformed_request_line_is_400() -> None:
+    """A malformed request line ('HELLO') is answered 400."""
     assert asyncio.run(exchange(b"HELLO\r\n\r\n")).startswith(b"HTTP/1.1 400 ")
 
 
 def test_head_over_64_kib_is_431() -> None:
+    """A request head with a 70,000-byte header, over the 64 KiB limit, is answered 431."""
     data = b"GET / HTTP/1.1\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n"
     assert asyncio.run(exchange(data)).startswith(b"HTTP/1.1 431 ")
 
 
 def test_handler_failure_is_500_and_closes() -> None:
+    """A handler that raises is answered 500 and the connection closes: the pipelined second
+    request gets no answer."""
     out = asyncio.run(exchange(post("/boom", b"") + post("/a", b"never")))
     assert out.startswith(b"HTTP/1.1 500 ") and out.count(b"HTTP/1.1 ") == 1

@@ -25,16 +25,20 @@ SUBMISSION = {"message_id": "TX1", "source": "dispatch", "status": "sent", "atte
 
 
 def test_key_names_connector_and_carrier_id() -> None:
+    """A receipt key is the connector and the carrier id joined by a colon."""
     assert receipt_key("smsc-a", "00AB") == "smsc-a:00AB"
 
 
 def test_submission_is_passed_on_as_the_messages_sent() -> None:
+    """A submission is emitted unchanged as the only update and remembered in the state."""
     m = on_submission(None, SUBMISSION)
     assert m.updates == [SUBMISSION] and m.state is not None
     assert m.state["submission"]["message_id"] == "TX1"
 
 
 def test_receipt_after_submission_is_matched_with_its_attempt() -> None:
+    """A receipt for a known submission is matched into one receipt update carrying the
+    submission's message id, attempt, account and channel."""
     state = on_submission(None, SUBMISSION).state
     m = on_receipt(state, receipt(error_code=None), 6_000, TTL)
     assert m.outcome == "matched"
@@ -45,6 +49,8 @@ def test_receipt_after_submission_is_matched_with_its_attempt() -> None:
 
 
 def test_early_receipt_waits_then_matches_when_the_submission_comes() -> None:
+    """A receipt before its submission waits with a deadline at now + TTL (a second books none);
+    the submission emits its sent then both receipts, leaves nothing pending; the deadline idles."""
     m = on_receipt(None, receipt(), 6_000, TTL)
     assert m.outcome == "waiting" and m.updates == [] and m.deadline_ms == 36_000
     second = on_receipt(m.state, receipt("sent"), 6_500, TTL)
@@ -57,6 +63,8 @@ def test_early_receipt_waits_then_matches_when_the_submission_comes() -> None:
 
 
 def test_unknown_id_goes_unmatched_after_the_ttl() -> None:
+    """A waiting receipt naming no message is still held 1 ms before its TTL; at the TTL it goes to
+    unmatched and nothing stays pending."""
     m = on_receipt(None, receipt(), 6_000, TTL)
     assert on_deadline(m.state, 35_999, TTL).unmatched == []
     done = on_deadline(m.state, 36_000, TTL)
@@ -77,6 +85,8 @@ def test_a_submission_announced_after_the_ttl_still_matches_the_expired_receipt(
 
 
 def test_waiting_receipt_naming_its_message_is_released_without_submission() -> None:
+    """At the TTL a waiting receipt that names its message (TX9) is released as an update without
+    an attempt, and the key's state is dropped."""
     m = on_receipt(None, receipt(message_id="TX9"), 6_000, TTL)
     done = on_deadline(m.state, 36_000, TTL)
     assert done.outcome == "released" and done.state is None
@@ -84,6 +94,8 @@ def test_waiting_receipt_naming_its_message_is_released_without_submission() -> 
 
 
 def test_deadline_keeps_younger_receipts_waiting_and_rebooks() -> None:
+    """A deadline sends only the receipt that waited the full TTL to unmatched, keeps the younger
+    one pending and books the next deadline at its TTL (50 s)."""
     m = on_receipt(None, receipt(), 6_000, TTL)
     m = on_receipt(m.state, receipt("sent"), 20_000, TTL)
     done = on_deadline(m.state, 36_000, TTL)
@@ -92,15 +104,19 @@ def test_deadline_keeps_younger_receipts_waiting_and_rebooks() -> None:
 
 
 def test_unmapped_receipt_status_is_counted_not_forwarded() -> None:
+    """A receipt with an unmapped status ('unknown') after its submission has outcome 'unmapped'."""
     state = on_submission(None, SUBMISSION).state
     assert on_receipt(state, receipt("unknown"), 6_000, TTL).outcome == "unmapped"
 
 
 def test_done_date_is_the_event_time_when_known() -> None:
+    """A receipt's done date, not its received time, is the update's event time."""
     u = status_update(receipt(done_at_ms=4_000), SUBMISSION)
     assert u is not None and u["event_time_ms"] == 4_000
 
 
 def test_receipt_without_submission_or_message_id_cannot_be_a_status() -> None:
+    """A receipt with neither a submission nor its own message id raises ValueError naming the
+    message id."""
     with pytest.raises(ValueError, match="message id"):
         status_update(receipt(), None)

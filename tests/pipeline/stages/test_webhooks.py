@@ -30,6 +30,7 @@ def test_only_whatsapp_connectors_are_served() -> None:
 
 
 def test_a_signed_webhook_yields_its_receipts() -> None:
+    """A correctly signed body yields its receipt: connector wa, wamid.1, TX1, status read."""
     [receipt] = read_receipts("wa", SECRET, BODY, sign(BODY, SECRET))
     assert (receipt.connector, receipt.carrier_message_id, receipt.message_id,
             receipt.carrier_status) == ("wa", "wamid.1", "TX1", "read")
@@ -37,6 +38,8 @@ def test_a_signed_webhook_yields_its_receipts() -> None:
 
 @pytest.mark.parametrize("signature", [None, "sha256=00", sign(BODY, "other")])
 def test_a_missing_or_wrong_signature_is_refused_before_parsing(signature: str | None) -> None:
+    """A missing signature, a wrong digest or one made with another secret raises
+    WebhookSignatureError, on a body that is not even JSON."""
     with pytest.raises(WebhookSignatureError):
         read_receipts("wa", SECRET, b"not even json", signature)
 
