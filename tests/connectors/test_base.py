@@ -94,9 +94,11 @@ def test_connectors_satisfy_the_protocol() -> None:
 
 
 def test_secrets_stay_out_of_config_repr() -> None:
-    """The SMPP password and the WhatsApp access token do not appear in their configs' repr."""
+    """The SMPP password and the WhatsApp access token and app secret do not appear in their
+    configs' repr."""
     assert "hunter2" not in repr(SmppConfig("h", 1, "u", "hunter2"))
-    assert "tok" not in repr(WhatsAppConfig("http://h", "1", "tok", app_secret="sec"))
+    shown = repr(WhatsAppConfig("http://h", "1", "tok3n", app_secret="s3cr3t"))
+    assert "tok3n" not in shown and "s3cr3t" not in shown
 
 
 async def test_receipt_stream_is_bounded_and_ends_on_close() -> None:

@@ -51,7 +51,7 @@ def test_refusals_are_permanent(req: SubmitRequest, kind: ErrorKind) -> None:
     assert info.value.kind is kind and not info.value.retryable
 
 
-def test_worst_error_prefers_permanent_then_bugs() -> None:
+def test_worst_error_prefers_bugs_then_permanent() -> None:
     """A non-connector error (a bug) wins over any ConnectorError, a permanent one over a retryable
     one; a lone retryable error is returned as is."""
     throttled = ConnectorError(ErrorKind.THROTTLED, "x")

@@ -104,9 +104,11 @@ def test_deadline_keeps_younger_receipts_waiting_and_rebooks() -> None:
 
 
 def test_unmapped_receipt_status_is_counted_not_forwarded() -> None:
-    """A receipt with an unmapped status ('unknown') after its submission has outcome 'unmapped'."""
+    """A receipt with an unmapped status ('unknown') after its submission has outcome 'unmapped'
+    (the stage counts outcomes) and forwards no status update and nothing unmatched."""
     state = on_submission(None, SUBMISSION).state
-    assert on_receipt(state, receipt("unknown"), 6_000, TTL).outcome == "unmapped"
+    match = on_receipt(state, receipt("unknown"), 6_000, TTL)
+    assert (match.outcome, match.updates, match.unmatched) == ("unmapped", [], [])
 
 
 def test_done_date_is_the_event_time_when_known() -> None:
