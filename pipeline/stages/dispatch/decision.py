@@ -278,3 +278,43 @@ def resolve_in_doubt(
     status = StatusUpdate("failed", now_ms, error_code=Code.UNKNOWN, error_reason=reason,
                           connector=connector)
     return Decision(policy, base, status)
+
+
+SUBMIT = "submit"
+SKIP = "skip"
+EXPIRE = "expire"
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What dispatch does with one released record, decided before any I/O; the worker
+    carries it out (journal, statuses, deadline, submit)."""
+
+    action: str  # SUBMIT | SKIP | EXPIRE
+    # A dead worker's attempt at this message, resolved first: journal it, report its status,
+    # book its receipt deadline (see :func:`resolve_in_doubt`).
+    in_doubt: Decision | None = None
+    reason: str = ""  # SKIP: why nothing is sent
+    # SKIP: the journal's entry for an attempt already finished, to say its outcome again (a
+    # crash can land the entry without the status written beside it).
+    reannounce: Mapping[str, Any] | None = None
+
+
+def plan(latest: Mapping[str, Any] | None, message: Mapping[str, Any], now_ms: int, *,
+         resend: bool, reconcile_window_ms: int,
+         policies: Mapping[str, InDoubtPolicy] = DEFAULT_IN_DOUBT_POLICY) -> Plan:
+    """The plan for ``message`` given the journal's ``latest`` entry for it. ``resend``: a
+    resend ordered after a failed receipt (through another connector when there is one)."""
+    in_doubt = None
+    if latest is not None and latest["state"] == ATTEMPTING:
+        in_doubt = resolve_in_doubt(latest, message["channel"], now_ms, policies,
+                                    reconcile_window_ms)
+        latest = in_doubt.journal
+    submit, reason = should_submit(latest, message, resend=resend)
+    if submit and now_ms >= int(message["expires_at_ms"]):
+        # Never hand a carrier a message whose validity has ended (retries, in-doubt resends
+        # and late releases included).
+        return Plan(EXPIRE, in_doubt)
+    if not submit:
+        return Plan(SKIP, in_doubt, reason, latest)
+    return Plan(SUBMIT, in_doubt)

@@ -255,11 +255,11 @@ class DispatchWorker:
         """The connector to submit through, or None when nothing must be sent. ``avoid``: a
         resend after a failed receipt, to go through another connector when there is one."""
         latest = self._journal.get(partition, message["message_id"])
-        if latest is not None and latest["state"] == decision.ATTEMPTING:
-            # A previous worker died between journaling the attempt and its result.
-            resolved = decision.resolve_in_doubt(
-                latest, message["channel"], now,
-                reconcile_window_ms=int(self._settings.in_doubt_window_s * 1000))
+        plan = decision.plan(latest, message, now, resend=avoid is not None,
+                             reconcile_window_ms=int(self._settings.in_doubt_window_s * 1000))
+        resolved = plan.in_doubt
+        if resolved is not None:
+            assert latest is not None  # only an ATTEMPTING entry is in doubt
             self._journal_write(partition, dict(resolved.journal))
             self._outcomes["in_doubt_resend"].inc()
             log.warning("in_doubt_resolved", message_id=message["message_id"],
@@ -269,19 +269,15 @@ class DispatchWorker:
                 self._status(message, resolved.status)
             if resolved.await_receipt_until_ms is not None:
                 self._deadline(message, latest, resolved.await_receipt_until_ms, now)
-            latest = self._journal.get(partition, message["message_id"])
-        submit, reason = decision.should_submit(latest, message, resend=avoid is not None)
-        if submit and now >= int(message["expires_at_ms"]):
-            # Never hand a carrier a message whose validity has ended (retries, in-doubt
-            # resends and late releases included).
+        if plan.action == decision.EXPIRE:
             expired = ConnectorError(ErrorKind.EXPIRED, "validity period ended before dispatch")
             self._settle(dict(message), "none", expired, now, None, partition)
             return None
-        if not submit:
+        if plan.action == decision.SKIP:
             self._outcomes["duplicate"].inc()
-            log.info("dispatch_skipped", message_id=message["message_id"], reason=reason)
-            if latest is not None:
-                self._reannounce(message, latest, raw)
+            log.info("dispatch_skipped", message_id=message["message_id"], reason=plan.reason)
+            if plan.reannounce is not None:
+                self._reannounce(message, plan.reannounce, raw)
             return None
         candidates = self._carriers.routes.candidates(message["channel"], message["recipient"])
         if avoid is not None:

@@ -7,7 +7,11 @@ import pytest
 from connectors.base import ConnectorError, ErrorKind, SubmitResult
 from pipeline.errors import ERROR_CODES
 from pipeline.stages.dispatch.decision import (
+    EXPIRE,
+    IN_DOUBT_RESOLVED,
     RETRY_SCHEDULE_S,
+    SKIP,
+    SUBMIT,
     VALIDITY_REASON,
     GiveUp,
     InDoubtPolicy,
@@ -15,6 +19,7 @@ from pipeline.stages.dispatch.decision import (
     attempting_entry,
     next_retry,
     on_result,
+    plan,
     resolve_in_doubt,
     should_submit,
 )
@@ -225,3 +230,34 @@ def test_only_attempting_entries_are_in_doubt():
     """Resolving a SUBMITTED entry is a wiring error."""
     with pytest.raises(ValueError):
         resolve_in_doubt(_journal("SUBMITTED"), "sms", NOW)
+
+
+def _plan(latest, message=None, resend=False):  # type: ignore[no-untyped-def]
+    return plan(latest, message or _message(), NOW, resend=resend, reconcile_window_ms=HOUR)
+
+
+def test_plan_submits_a_first_attempt_and_expires_a_late_one():
+    """No journal entry: submit; the same message past its validity: expire, never submit."""
+    assert _plan(None).action == SUBMIT and _plan(None).in_doubt is None
+    assert _plan(None, _message(expires_at_ms=NOW)).action == EXPIRE
+
+
+def test_plan_skips_a_finished_attempt_and_says_its_outcome_again():
+    """A release of an attempt already submitted is skipped, with that entry to re-announce."""
+    entry = _journal("SUBMITTED")
+    planned = _plan(entry)
+    assert (planned.action, planned.reannounce) == (SKIP, entry)
+    assert "already submitted" in planned.reason
+
+
+def test_plan_resolves_an_in_doubt_attempt_before_deciding():
+    """An ATTEMPTING entry (a dead worker's) is resolved first: SMS is resent (submit after
+    the resolution); WhatsApp waits for a receipt (skip, re-announcing the resolution)."""
+    sms = _plan(_journal("ATTEMPTING"))
+    assert sms.action == SUBMIT and sms.in_doubt is not None
+    assert sms.in_doubt.policy is InDoubtPolicy.RESEND
+    whatsapp = _plan(_journal("ATTEMPTING"), _message(channel="whatsapp"))
+    assert whatsapp.action == SKIP and whatsapp.in_doubt is not None
+    assert whatsapp.in_doubt.await_receipt_until_ms == NOW + HOUR
+    assert whatsapp.reannounce is not None
+    assert whatsapp.reannounce["state"] == IN_DOUBT_RESOLVED
