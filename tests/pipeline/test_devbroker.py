@@ -19,16 +19,9 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from pipeline.dev import broker as devbroker
 from pipeline.dev.broker import DevBroker, ensure_jars
 from pipeline.errors import BrokerError
+from tests.fixtures.waiting import until_sync
 
 Factory = Callable[..., DevBroker]
-
-
-def _wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def _jvms_using(path: Path) -> list[int]:
@@ -162,7 +155,7 @@ def test_jvm_dies_with_killed_parent(tmp_path: Path) -> None:
         assert jvm is not None, "owner process did not start a broker"
         owner.send_signal(signal.SIGKILL)
         owner.wait(10)
-        _wait_until(lambda: not _pid_alive(jvm), 10, "the orphaned JVM to die")
+        until_sync(lambda: not _pid_alive(jvm), 10, "the orphaned JVM to die", interval_s=0.05)
     finally:
         if owner.poll() is None:
             owner.kill()

@@ -28,6 +28,7 @@ from pipeline.runtime.deadletter import Provenance, dead_letter_headers, header_
 from pipeline.settings import Settings
 from pipeline.topics import admin_client, catalogue
 from tests.fixtures.telex import REPO, Worker, produce, read_all
+from tests.fixtures.waiting import wait_for
 
 CODEC = AvroCodec()
 POISON = b"not avro"
@@ -194,11 +195,9 @@ def test_replay_after_the_fix_submits_once_and_a_second_replay_submits_nothing(
     first = telex_json(fixed, "dlq", "replay", "--topic", "dlq-dispatch")
     assert first["counts"] == {"replayed": 2}
     assert sorted(r["message_id"] for r in first["records"]) == sorted(m for m, _ in messages)
-    deadline = time.monotonic() + 120
-    while submitted_ids(fixed).get(messages[0][0]) != "SUBMITTED" or \
-            submitted_ids(fixed).get(messages[1][0]) != "SUBMITTED":
-        assert time.monotonic() < deadline, submitted_ids(fixed)
-        time.sleep(0.2)  # pacing the reads; the condition above decides
+    wait_for(lambda: submitted_ids(fixed),
+             until=lambda got: all(got.get(m) == "SUBMITTED" for m, _ in messages),
+             timeout=120, what="both replayed messages SUBMITTED in the journal")
     accepted_submits = [s for s in smsc.submits if s.status == 0]
     assert sorted(s.destination_addr for s in accepted_submits) == ["14155550123",
                                                                     "14155550124"]

@@ -7,12 +7,12 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 
 from pipeline.sdk import OutboundMessage, TelexProducer
 from pipeline.settings import Settings
 from tests.fixtures.telex import REPO, Worker, produce, read_all
+from tests.fixtures.waiting import wait_for
 
 
 def telex(settings: Settings, *args: str, bootstrap: str | None = None
@@ -34,15 +34,18 @@ def test_lag_shows_each_stage_group_catching_up(
             body="x", idempotency_key=f"lag-{i}") for i in range(50)])
     worker("ingest", topics)
     read_all(topics, "message-accepted", until=lambda r: len(r) >= 50, timeout=120)
-    deadline = time.monotonic() + 60
-    while True:  # commits follow processing by up to one checkpoint interval: poll
+
+    def ingest_lag() -> list[dict]:
         run = telex(topics, "lag", "--json")
         assert run.returncode == 0, run.stderr
-        ingest = [r for r in json.loads(run.stdout) if r["stage"] == "ingest"]
-        if sum(r["end"] for r in ingest) == 50 and all(r["lag"] == 0 for r in ingest):
-            break
-        assert time.monotonic() < deadline, ingest
-        time.sleep(0.5)
+        return [r for r in json.loads(run.stdout) if r["stage"] == "ingest"]
+
+    def caught_up(rows: list[dict]) -> bool:
+        return sum(r["end"] for r in rows) == 50 and all(r["lag"] == 0 for r in rows)
+
+    # Commits follow processing by up to one checkpoint interval: poll.
+    wait_for(ingest_lag, until=caught_up, timeout=60,
+             what="ingest's group at lag 0 with 50 records", interval_s=0.5)
 
 
 def test_health_names_stages_not_consuming_and_dead_letters(
@@ -53,15 +56,15 @@ def test_health_names_stages_not_consuming_and_dead_letters(
     produce(topics, "message-requested", [("TXpoison", b"not avro")])
     worker("ingest", topics)
     read_all(topics, "dlq-ingest", until=lambda r: len(r) >= 1, timeout=120)
-    deadline = time.monotonic() + 60
-    while True:
+
+    def health() -> tuple[int, dict]:
         run = telex(topics, "health", "--json")
-        report = json.loads(run.stdout)
-        if report["stages"]["ingest"] >= 1:
-            break
-        assert time.monotonic() < deadline, report
-        time.sleep(0.5)
-    assert run.returncode == 1
+        return run.returncode, json.loads(run.stdout)
+
+    returncode, report = wait_for(health, until=lambda got: got[1]["stages"]["ingest"] >= 1,
+                                  timeout=60, what="ingest consuming in `telex health`",
+                                  interval_s=0.5)
+    assert returncode == 1
     assert report["stages"] == {"ingest": 1, "ratelimit": 0, "scheduler": 0, "dispatch": 0,
                                 "reconcile": 0, "status": 0}
     assert report["dead_letters"]["dlq-ingest"] == 1 and not report["healthy"]

@@ -7,11 +7,11 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 from pipeline.cli.exits import CONFIG as EXIT_CONFIG
 from pipeline.cli.supervise import MAX_QUICK_FAILURES, supervise
+from tests.fixtures.waiting import until_sync
 
 FAST = (0.05,)
 
@@ -66,10 +66,11 @@ def test_sigterm_is_forwarded_and_ends_both(tmp_path: Path) -> None:
             "Path({str(tmp_path / 'up')!r}).touch(); time.sleep(60)"]))
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).parents[2])
-    deadline = time.monotonic() + 30
-    while not (tmp_path / "up").exists():
-        assert time.monotonic() < deadline and proc.poll() is None, "child never started"
-        time.sleep(0.05)  # polling for the child's marker file
+    marker = tmp_path / "up"
+    # The supervisor exiting ends the wait at once, as the child starting does.
+    until_sync(lambda: marker.exists() or proc.poll() is not None, 30,
+               "the child's marker file (child never started)", interval_s=0.05)
+    assert marker.exists(), "child never started"
     proc.send_signal(signal.SIGTERM)
     # Not forwarded, the child would sleep on for 60 s and this wait would time out.
     assert proc.wait(20) == 0

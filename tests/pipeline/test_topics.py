@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
 
 from confluent_kafka import Producer
@@ -21,6 +20,7 @@ from pipeline.topics import (
     describe_configs,
 )
 from tests.fixtures.telex import REPO, read_all
+from tests.fixtures.waiting import wait_for
 
 
 def test_apply_creates_every_catalogue_topic(settings: Settings):
@@ -87,16 +87,13 @@ def test_compacted_topic_keeps_latest_value_per_key(settings: Settings):
     producer.flush(10)
     # The active segment is never cleaned: keep writing another key until the broker has rolled
     # and compacted the segment holding "old" (polled with a deadline, not a fixed wait).
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
+    def values_of_k_after_one_more_write() -> list[bytes]:
         producer.produce(name, key=f"roll-{uuid.uuid4().hex}", value=b"x")
         producer.flush(10)
-        values = [m.value() for m in read_all(settings, "compaction-probe")
-                  if m.key() == b"k"]
-        if values == [b"new"]:
-            return
-        time.sleep(0.5)  # pacing between probes; readiness is the condition above
-    raise AssertionError(f"key k still has values {values} after 90 s")
+        return [m.value() for m in read_all(settings, "compaction-probe") if m.key() == b"k"]
+
+    wait_for(values_of_k_after_one_more_write, until=lambda values: values == [b"new"],
+             timeout=90, what="key k compacted to its latest value only", interval_s=0.5)
 
 
 def test_every_topic_keeps_the_producers_codec():

@@ -4,7 +4,6 @@ line by line from single records (pure)."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from pipeline.ops.trace import describe
 from pipeline.sdk import OutboundMessage, TelexProducer
 from pipeline.settings import Settings
 from tests.fixtures.telex import Worker
+from tests.fixtures.waiting import until_sync, wait_for
 from tests.pipeline.test_dlq_cli import telex
 
 SENDER = "+14155550100"  # 1 segment/s, burst 1: a second message waits about a second
@@ -39,6 +39,17 @@ def configured(settings: Settings, tmp_path: Path, smsc: ThreadedSmsc) -> Settin
         "retry_schedule_s": (1, 1, 1, 1, 1, 1, 1, 1)})
 
 
+def trace_events(settings: Settings, message_id: str) -> list[dict]:
+    """The events of `telex trace <message_id> --json` (which must exit 0)."""
+    run = telex(settings, "trace", message_id, "--json")
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout)["events"]
+
+
+def topics_and_whats(events: list[dict]) -> list[tuple[str, str]]:
+    return [(e["topic"], e["what"]) for e in events]
+
+
 def test_trace_tells_a_deferred_retried_then_delivered_message_in_order(
     topics: Settings, worker: Callable[[str, Settings], Worker], tmp_path: Path,
 ):
@@ -54,22 +65,18 @@ def test_trace_tells_a_deferred_retried_then_delivered_message_in_order(
                 account_id="acct-1", channel="sms", sender=SENDER,
                 recipient=f"+1415201000{i}", body=f"code {i}", idempotency_key=f"trace-{i}",
             ) for i in range(2)])
-        deadline = time.monotonic() + 120
-        while not any(s.destination_addr == "14152010001" and s.status == Status.ESME_RTHROTTLED
-                      for s in smsc.submits):
-            assert time.monotonic() < deadline, "the traced message never reached the SMSC"
-            time.sleep(0.05)  # polling the simulator's record; the condition above decides
+        until_sync(lambda: any(s.destination_addr == "14152010001"
+                               and s.status == Status.ESME_RTHROTTLED for s in smsc.submits),
+                   120, "the traced message to reach the SMSC (throttled)", interval_s=0.05)
         smsc.call(lambda sim: setattr(sim.faults, "throttle_rate", 0.0))
 
-        while True:
-            run = telex(settings, "trace", traced, "--json")
-            assert run.returncode == 0, run.stderr
-            events = json.loads(run.stdout)["events"]
+        def delivered(events: list[dict]) -> bool:
             statuses = [e["what"] for e in events if e["topic"] == "delivery-status"]
-            if statuses and statuses[-1].startswith("status delivered"):
-                break
-            assert time.monotonic() < deadline, [(e["topic"], e["what"]) for e in events]
-            time.sleep(0.5)  # pacing the polls; the condition above decides
+            return bool(statuses) and statuses[-1].startswith("status delivered")
+
+        events = wait_for(lambda: trace_events(settings, traced), until=delivered, timeout=120,
+                          what="the traced message delivered", interval_s=0.5,
+                          describe=topics_and_whats)
 
     def first(topic: str, starts: str, contains: str = "") -> int:
         for i, e in enumerate(events):
@@ -125,16 +132,19 @@ def test_trace_shows_the_pending_receipt_window_of_a_sent_message(
             [traced] = producer.send_batch([OutboundMessage(
                 account_id="acct-1", channel="sms", sender=SENDER, recipient="+14152019999",
                 body="code", idempotency_key="trace-window")])
-        deadline = time.monotonic() + 120
-        while True:
-            events = json.loads(telex(settings, "trace", traced, "--json").stdout)["events"]
+
+        def pending_and_sent(events: list[dict]) -> tuple[list[dict], list[dict]]:
             pending = [e for e in events if e["what"].startswith("pending deadline")]
             sent = [e for e in events
                     if e["topic"] == "delivery-status" and e["what"].startswith("status sent")]
-            if pending and sent:
-                break
-            assert time.monotonic() < deadline, [(e["topic"], e["what"]) for e in events]
-            time.sleep(0.5)  # pacing the polls; the condition above decides
+            return pending, sent
+
+        events = wait_for(
+            lambda: json.loads(telex(settings, "trace", traced, "--json").stdout)["events"],
+            until=lambda events: all(pending_and_sent(events)), timeout=120,
+            what="a pending receipt window and the sent status", interval_s=0.5,
+            describe=topics_and_whats)
+        pending, sent = pending_and_sent(events)
 
     [window] = pending
     assert window["topic"] == "status-status-changelog"

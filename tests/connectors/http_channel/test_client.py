@@ -11,8 +11,8 @@ import pytest
 from connectors.base import ConnectorError, ErrorKind, SubmitRequest
 from connectors.http_channel import WhatsAppClient, WhatsAppConfig
 from connectors.simulators.http_channel import HttpChannelConfig, HttpChannelSimulator, HttpFaults
-from tests.connectors.helpers import until
 from tests.connectors.http_channel.conftest import APP_SECRET, Receiver
+from tests.fixtures.waiting import until
 
 
 def msg(i: int = 1, to: str = "+14155550123", body: str = "hello") -> SubmitRequest:

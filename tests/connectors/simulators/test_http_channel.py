@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +14,7 @@ import pytest
 
 from connectors.simulators.http_channel import HttpChannelConfig, HttpChannelSimulator
 from pipeline.procutil import die_with_parent, free_ports
+from tests.fixtures.waiting import until_sync
 
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback only
 TEXT = {"messaging_product": "whatsapp", "to": "15550001", "type": "text", "text": {"body": "x"}}
@@ -61,10 +61,7 @@ def test_held_requests_are_answered_only_after_release() -> None:
     with HttpChannelSimulator() as sim, ThreadPoolExecutor(1) as pool:
         sim.hold()
         reply = pool.submit(post, sim.base_url + "/v21.0/1/messages", TEXT)
-        deadline = time.monotonic() + 5
-        while sim.held < 1:
-            assert time.monotonic() < deadline, "the request never reached the gate"
-            time.sleep(0.01)  # polling the gate counter; the loop's condition decides
+        until_sync(lambda: sim.held >= 1, 5, "the request to reach the gate", interval_s=0.01)
         assert not reply.done() and not sim.sends
         sim.release()
         status, body = reply.result(timeout=5)

@@ -24,7 +24,7 @@ from connectors.simulators.http_channel import (
     HttpFaults,
     StatusPlan,
 )
-from tests.connectors.helpers import until
+from tests.fixtures.waiting import until
 
 N = 2_000
 CHAOS = HttpFaults(early_receipt_rate=0.10, duplicate_receipt_rate=0.05,

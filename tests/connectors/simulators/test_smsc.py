@@ -14,7 +14,7 @@ from connectors.simulators.smsc_model import SmscConfig
 from connectors.simulators.threaded import ThreadedSmsc
 from connectors.smpp import SmppClient, SmppConfig
 from connectors.smpp import pdu as p
-from tests.connectors.helpers import until, until_sync
+from tests.fixtures.waiting import until, until_sync
 
 
 class RawEsme:

@@ -16,8 +16,8 @@ from connectors.simulators.threaded import ThreadedSmsc
 from connectors.smpp import SmppClient, SmppConfig
 from connectors.smpp import pdu as p
 from connectors.smpp.receipt import parse_receipt_text
-from tests.connectors.helpers import until
 from tests.connectors.simulators.test_smsc import RawEsme, raw
+from tests.fixtures.waiting import until
 
 N = 2_000
 CHAOS = Faults(early_receipt_rate=0.10, duplicate_receipt_rate=0.05, unknown_receipt_rate=0.02,

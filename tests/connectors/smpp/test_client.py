@@ -13,7 +13,7 @@ from connectors.base import BindError, ConnectorError, ErrorKind, IdBase, Receip
 from connectors.simulators.smsc import SmscSimulator
 from connectors.simulators.smsc_model import Faults, IdFormat, ReceiptForm, SmscConfig
 from connectors.smpp import SmppClient, SmppConfig
-from tests.connectors.helpers import until
+from tests.fixtures.waiting import until
 
 FAST = dict(response_timeout_s=2.0, bind_timeout_s=5.0, reconnect_initial_s=0.02,
             reconnect_max_s=0.2)

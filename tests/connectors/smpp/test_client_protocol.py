@@ -10,7 +10,7 @@ import pytest
 from connectors.base import ConnectorError, ErrorKind, SubmitRequest
 from connectors.smpp import SmppClient, SmppConfig
 from connectors.smpp import pdu as p
-from tests.connectors.helpers import until
+from tests.fixtures.waiting import until
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 

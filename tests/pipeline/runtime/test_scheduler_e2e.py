@@ -5,21 +5,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 
 from pipeline.runtime.delay import delay_headers, tier_topic
 from pipeline.runtime.scheduler import Scheduler
 from pipeline.settings import Settings
 from tests.fixtures.telex import produce, read_all
+from tests.fixtures.waiting import until_sync
 
 HOUR_MS = 3_600_000
-
-
-def poll(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out after {timeout_s} s waiting for {what}"
-        time.sleep(0.05)  # pacing between looks at the scheduler; the condition decides
 
 
 def test_record_due_hours_ahead_is_not_held_in_memory_and_is_released_when_due(
@@ -35,14 +28,16 @@ def test_record_due_hours_ahead_is_not_held_in_memory_and_is_released_when_due(
     thread = threading.Thread(target=scheduler.run, daemon=True)
     thread.start()
     try:
-        poll(lambda: len(scheduler.parked()) == 1, 60, "the partition parked")
+        until_sync(lambda: len(scheduler.parked()) == 1, 60, "the partition parked",
+                   interval_s=0.05)
         assert scheduler.buffered() == 0
         assert read_all(topics, "dispatch-ready") == []
         now[0] = due_ms / 1000 + 1
         [released] = read_all(topics, "dispatch-ready", until=lambda r: len(r) >= 1,
                               timeout=60)
         assert (released.key(), released.value()) == (b"m-far", b"far")
-        poll(lambda: scheduler.parked() == [], 10, "the partition awake")
+        until_sync(lambda: scheduler.parked() == [], 10, "the partition awake",
+                   interval_s=0.05)
     finally:
         scheduler.stop()
         thread.join(30)

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 from pipeline.dev.history import FINAL, applied, independent_history, regressions
 from pipeline.settings import Settings
 from tests.fixtures.telex import Worker
+from tests.fixtures.waiting import wait_for
 
 __all__ = ["ALL_STAGES", "FINAL", "applied", "carriers_file", "independent_history",
            "regressions", "smpp", "start_pipeline", "wait_final"]
@@ -40,20 +40,27 @@ def smpp(name: str, port: int, window: int = 20) -> dict[str, Any]:
 
 def wait_final(settings: Settings, ids: set[str], workers: dict[str, Worker],
                timeout: float = 180) -> dict[str, list[dict[str, Any]]]:
-    """Poll the history until every message in ``ids`` has a final effective status."""
-    deadline = time.monotonic() + timeout
-    while True:
+    """Poll the history until every message in ``ids`` has a final effective status (every
+    worker still alive while some are pending)."""
+    History = dict[str, list[dict[str, Any]]]
+
+    def pending(history: History) -> set[str]:
+        return {i for i in ids
+                if not history.get(i) or applied(history[i])[-1]["effective_status"]
+                not in FINAL}
+
+    def read() -> History:
         history = independent_history(settings)
-        pending = {i for i in ids
-                   if not history.get(i) or applied(history[i])[-1]["effective_status"]
-                   not in FINAL}
-        if not pending:
-            return history
-        for w in workers.values():
-            w.assert_alive()
-        if time.monotonic() > deadline:
-            sample = {i: [(e["status"], e["source"]) for e in history.get(i, [])]
-                      for i in sorted(pending)[:3]}
-            raise AssertionError(f"{len(pending)} of {len(ids)} messages not final; e.g. "
-                                 f"{sample}")
-        time.sleep(1)  # pacing between reads of the topic; the condition above decides
+        if pending(history):
+            for w in workers.values():
+                w.assert_alive()
+        return history
+
+    def not_final(history: History) -> str:
+        left = pending(history)
+        sample = {i: [(e["status"], e["source"]) for e in history.get(i, [])]
+                  for i in sorted(left)[:3]}
+        return f"{len(left)} of {len(ids)} messages not final; e.g. {sample}"
+
+    return wait_for(read, until=lambda history: not pending(history), timeout=timeout,
+                    what="every message final", interval_s=1, describe=not_final)

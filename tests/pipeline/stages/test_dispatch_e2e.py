@@ -21,6 +21,7 @@ from pipeline.sdk import OutboundMessage, TelexProducer
 from pipeline.settings import Settings
 from tests.fixtures.samples import sample
 from tests.fixtures.telex import Worker, produce, read_all
+from tests.fixtures.waiting import until_sync
 
 CODEC = AvroCodec()
 REJECTED = "+14155550666"
@@ -144,10 +145,8 @@ def test_sigkill_of_dispatch_resends_only_in_doubt_attempts(
     workers = start(settings, worker)
     with TelexProducer(settings) as producer:
         ids = producer.send_batch(messages(1000, "kill"))
-    deadline = time.monotonic() + 120
-    while sum(r.status == 0 for r in smsc.submits) < 200:
-        assert time.monotonic() < deadline, "dispatch never got going"
-        time.sleep(0.05)  # polling the simulator's record; the condition above decides
+    until_sync(lambda: sum(r.status == 0 for r in smsc.submits) >= 200, 120,
+               "200 accepted submits (dispatch never got going)", interval_s=0.05)
     workers["dispatch"].kill()
     worker("dispatch", settings)
     sent = statuses(settings, 1000, timeout=180)

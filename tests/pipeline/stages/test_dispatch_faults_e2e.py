@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import threading
-import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +16,7 @@ from pipeline.codec import AvroCodec
 from pipeline.sdk import OutboundMessage, TelexProducer
 from pipeline.settings import Settings
 from tests.fixtures.telex import Worker, read_all
+from tests.fixtures.waiting import until_sync
 from tests.pipeline.stages.test_dispatch_e2e import statuses
 from tests.pipeline.stages.test_dispatch_routing_e2e import (
     TOKEN,
@@ -158,10 +158,9 @@ def test_repeated_sigkill_while_the_smsc_holds_responses_loses_nothing(
             ids = producer.send_batch(sms(2000, "kill"))
         dispatch = workers["dispatch"]
         for goal in (300, 800, 1300):
-            deadline = time.monotonic() + 120
-            while sum(r.status == 0 for r in smsc.submits) < goal:
-                assert time.monotonic() < deadline, f"dispatch stalled before {goal} submits"
-                time.sleep(0.02)  # polling the simulator's record; the condition decides
+            until_sync(lambda goal=goal: sum(r.status == 0 for r in smsc.submits) >= goal, 120,
+                       f"{goal} accepted submits (dispatch stalled before them)",
+                       interval_s=0.02)
             dispatch.kill()
             dispatch = worker("dispatch", settings)
         final = statuses(settings, len(ids), timeout=240)

@@ -16,6 +16,7 @@ from pipeline.codec import AvroCodec
 from pipeline.settings import Settings
 from tests.fixtures.samples import sample
 from tests.fixtures.telex import Worker, produce, read_all
+from tests.fixtures.waiting import until_sync
 from tests.pipeline.stages.test_dispatch_e2e import carriers, statuses
 
 CODEC = AvroCodec()
@@ -51,13 +52,6 @@ def on_disk(settings: Settings) -> set[str] | None:
     return ids
 
 
-def poll(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out after {timeout_s} s waiting for {what}"
-        time.sleep(0.2)  # pacing between reads of the store; the condition decides
-
-
 def accepted(message_id: str, now: int, **overrides: object) -> tuple[str, bytes]:
     record = sample("message_accepted", message_id=message_id, sender="55501",
                     accepted_at_ms=now, expires_at_ms=now + 600_000, **overrides)
@@ -82,8 +76,10 @@ def test_entries_past_retention_leave_the_dispatch_store(
     produce(settings, "dispatch-ready", [accepted(mid, int(time.time() * 1000))])
     worker("dispatch", settings)
     assert statuses(settings, 1)[mid]["status"] == "sent"
-    poll(lambda: mid in (on_disk(settings) or ()), 30, "the entry on disk")
-    poll(lambda: on_disk(settings) == set(), 120, "the entry swept from disk")
+    until_sync(lambda: mid in (on_disk(settings) or ()), 30, "the entry on disk",
+               interval_s=0.2)
+    until_sync(lambda: on_disk(settings) == set(), 120, "the entry swept from disk",
+               interval_s=0.2)
     journal = [CODEC.decode(m.value()) for m in read_all(settings, "dispatch-journal")]
     assert [e["state"] for e in journal] == ["ATTEMPTING", "SUBMITTED"]
 
@@ -104,15 +100,16 @@ def test_duplicate_within_retention_is_skipped_and_older_entries_are_not_restore
                                            submitted(old_unreleased, now - 2 * HOUR_MS)])
     worker("dispatch", settings)
     produce(settings, "dispatch-ready", [accepted(recent, now), accepted(old, now)])
-    poll(lambda: any(CODEC.decode(m.value())["message_id"] == old
-                     and CODEC.decode(m.value())["state"] == "SUBMITTED"
-                     and CODEC.decode(m.value())["at_ms"] >= now
-                     for m in read_all(settings, "dispatch-journal")), 60,
-         "the old message submitted again")
+    until_sync(lambda: any(CODEC.decode(m.value())["message_id"] == old
+                           and CODEC.decode(m.value())["state"] == "SUBMITTED"
+                           and CODEC.decode(m.value())["at_ms"] >= now
+                           for m in read_all(settings, "dispatch-journal")), 60,
+               "the old message submitted again", interval_s=0.2)
     # The recent copy was answered from the journal: its status announced again, not resent.
     assert statuses(settings, 2)[recent]["status"] == "sent"
     assert len(smsc.submits) == 1  # the old message; the recent duplicate was skipped
-    poll(lambda: (on_disk(settings) or set()) >= {recent, old}, 30, "entries on disk")
+    until_sync(lambda: (on_disk(settings) or set()) >= {recent, old}, 30, "entries on disk",
+               interval_s=0.2)
     assert old_unreleased not in (on_disk(settings) or set())
     states = [(CODEC.decode(m.value())["message_id"], CODEC.decode(m.value())["state"])
               for m in read_all(settings, "dispatch-journal")]

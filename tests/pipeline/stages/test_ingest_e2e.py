@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import shutil
-import time
 import urllib.request
 from collections import Counter
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from pipeline.procutil import free_ports
 from pipeline.sdk import OutboundMessage, TelexProducer, message_id_for
 from pipeline.settings import Settings
 from tests.fixtures.telex import Worker, read_all
+from tests.fixtures.waiting import wait_for
 
 CODEC = AvroCodec()
 RECIPIENT = "+14155550123"
@@ -74,10 +74,9 @@ def test_unique_keys_accepted_duplicates_absorbed_conflicts_rejected(
     want = {("telex_stage_records_total", "accepted"): len(expected),
             ("telex_stage_records_total", "duplicate"): 2000 - len(conflicts),
             ("telex_stage_records_total", "conflict"): len(conflicts)}
-    deadline = time.monotonic() + 30  # the last repeats may still be in flight: poll
-    while (got := {k: scrape(port).get(k) for k in want}) != want:
-        assert time.monotonic() < deadline, got
-        time.sleep(0.2)
+    # The last repeats may still be in flight: poll.
+    wait_for(lambda: {k: scrape(port).get(k) for k in want}, until=lambda got: got == want,
+             timeout=30, what=f"ingest's record counters at {want}")
 
 
 def scrape(port: int) -> dict[tuple[str, str], float]:

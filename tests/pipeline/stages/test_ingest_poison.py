@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +22,7 @@ from pipeline.runtime.deadletter import header_dict
 from pipeline.settings import Settings
 from tests.fixtures.samples import sample
 from tests.fixtures.telex import Worker, produce, read_all
+from tests.fixtures.waiting import wait_for
 
 CODEC = AvroCodec()
 SINGLE_OBJECT_MARKER = b"\xc3\x01"
@@ -113,11 +113,15 @@ def test_fuzzed_events_each_end_dead_lettered_failed_or_accepted(
                     where.setdefault(m.key().decode(), []).append("failed")
             return where
 
-        deadline = time.monotonic() + 120
-        where = outcomes()
-        while not ids <= set(where) and time.monotonic() < deadline:
-            w.assert_alive()
+        def outcomes_while_alive() -> dict[str, list[str]]:
             where = outcomes()
+            if not ids <= set(where):
+                w.assert_alive()
+            return where
+
+        where = wait_for(outcomes_while_alive, until=lambda where: ids <= set(where),
+                         timeout=120, what="an outcome for every event of the batch",
+                         describe=lambda where: f"none yet for {sorted(ids - set(where))}")
         for key in ids:
             assert where.get(key, []) in (["dlq-ingest"], ["failed"], ["message-accepted"]), (
                 key, where.get(key))

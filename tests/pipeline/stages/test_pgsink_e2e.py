@@ -3,7 +3,6 @@ current status per message, poison dead-lettered, a SIGKILL absorbed."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -14,6 +13,7 @@ from pipeline.codec import AvroCodec
 from pipeline.settings import Settings
 from tests.fixtures.samples import sample
 from tests.fixtures.telex import Worker, produce, read_all
+from tests.fixtures.waiting import wait_for
 
 CODEC = AvroCodec()
 STEPS = (("accepted", "accepted"), ("sent", "sent"), ("delivered", "delivered"),
@@ -33,19 +33,20 @@ def events(n: int) -> list[tuple[str, bytes]]:
 
 def wait_rows(url: str, schema: str, table: str, expected: int, workers: list[Worker],
               timeout: float = 90) -> int:
-    deadline = time.monotonic() + timeout
-    while True:
+    """The row count of ``schema.table`` once it reaches ``expected`` (every worker still
+    alive while it has not)."""
+    def rows() -> int:
         with psycopg.connect(url) as db:
             exists = db.execute("SELECT to_regclass(%s)", (f"{schema}.{table}",)).fetchone()
             count = (db.execute(f"SELECT count(*) FROM {schema}.{table}").fetchone()[0]
                      if exists and exists[0] else 0)
-        if count >= expected:
-            return int(count)
-        for w in workers:
-            w.assert_alive()
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{schema}.{table}: {count}/{expected} rows in {timeout} s")
-        time.sleep(0.3)  # pacing between queries; the condition decides
+        if count < expected:
+            for w in workers:
+                w.assert_alive()
+        return int(count)
+
+    return wait_for(rows, until=lambda count: count >= expected, timeout=timeout,
+                    what=f"{expected} rows in {schema}.{table}", interval_s=0.3)
 
 
 def test_sink_writes_each_event_once_and_the_current_status(

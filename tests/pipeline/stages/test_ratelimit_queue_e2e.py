@@ -12,6 +12,7 @@ from pipeline.codec import AvroCodec
 from pipeline.sdk import OutboundMessage, TelexProducer
 from pipeline.settings import Settings
 from tests.fixtures.telex import Worker, read_all
+from tests.fixtures.waiting import wait_for
 
 CODEC = AvroCodec()
 SHORT_VALIDITY = "+14155550100"  # 2/s, messages valid for 5 s
@@ -49,11 +50,9 @@ def outcomes(settings: Settings, expected: int) -> dict[str, tuple[str, object]]
                 out.setdefault(m.key().decode(), ("failed", status["error_code"]))
         return out
 
-    deadline = time.monotonic() + 120
-    while len(result := collect()) < expected:
-        assert time.monotonic() < deadline, f"{len(result)}/{expected} messages settled"
-        time.sleep(0.5)  # pacing between reads; the condition above is the readiness check
-    return result
+    return wait_for(collect, until=lambda result: len(result) >= expected, timeout=120,
+                    what=f"{expected} messages settled", interval_s=0.5,
+                    describe=lambda result: f"{len(result)} settled")
 
 
 def test_queue_full_and_expired_in_queue_fail_explicitly(

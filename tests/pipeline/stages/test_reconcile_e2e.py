@@ -3,7 +3,6 @@ simulator sending delivery receipts over SMPP, the history read by an independen
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +19,7 @@ from pipeline.procutil import free_ports
 from pipeline.sdk import OutboundMessage, TelexProducer
 from pipeline.settings import Settings
 from tests.fixtures.telex import Worker, read_all
+from tests.fixtures.waiting import wait_for
 from tests.pipeline.stages.pipeline_helpers import (
     ALL_STAGES,
     applied,
@@ -32,19 +32,6 @@ from tests.pipeline.stages.pipeline_helpers import (
 )
 
 CODEC = AvroCodec()
-
-
-def wait_for(probe: Callable[[], Any], until: Callable[[Any], bool] = bool,
-             timeout: float = 120) -> Any:
-    """Poll ``probe`` until ``until`` holds for its value; fail the test on time-out."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if until(value):
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met in {timeout} s (last value {value!r})")
-        time.sleep(0.2)  # pacing between probes; the condition decides
 
 
 def sms(n: int, tag: str) -> list[OutboundMessage]:
@@ -143,7 +130,8 @@ def test_receipt_chaos_ends_every_message_in_its_right_final_state(
                 by_recipient[m.recipient.lstrip("+")] = producer.send(m)
         if kill:
             for stage, share in (("reconcile", 0.3), ("status", 0.6)):
-                wait_for(lambda share=share: len(smsc.receipts_sent) >= share * n)
+                wait_for(lambda share=share: len(smsc.receipts_sent) >= share * n, timeout=120,
+                         what=f"{share:.0%} of the receipts sent before killing {stage}")
                 workers[stage].kill()
                 workers[stage] = worker(stage, settings)
         history = wait_final(settings, set(by_recipient.values()), workers)
@@ -168,7 +156,8 @@ def test_receipt_chaos_ends_every_message_in_its_right_final_state(
     assert unknown, "the simulator sent receipts for unknown ids"
     unmatched = wait_for(lambda: {CODEC.decode(m.value())["carrier_message_id"]
                                   for m in read_all(settings, "receipts-unmatched")} or None,
-                         until=lambda found: found is not None and len(found) >= len(unknown))
+                         until=lambda found: found is not None and len(found) >= len(unknown),
+                         timeout=120, what=f"{len(unknown)} unknown receipt ids unmatched")
     assert {normalise_message_id(u) for u in unknown} == unmatched
     assert read_all(settings, "dlq-reconcile") == read_all(settings, "dlq-status") == []
 
@@ -219,7 +208,10 @@ def test_whatsapp_status_webhooks_become_final_statuses(
             return all(applied(history[i])[-1]["effective_status"] == plans[i].status
                        for i in ids)
 
-        history = wait_for(lambda: independent_history(settings), until=as_planned, timeout=60)
+        history = wait_for(lambda: independent_history(settings), until=as_planned, timeout=60,
+                           what="every message's last webhook status",
+                           describe=lambda history: Counter(
+                               applied(history[i])[-1]["effective_status"] for i in ids))
 
     for i in ids:
         events = applied(history[i])
@@ -244,11 +236,13 @@ def test_whatsapp_in_doubt_after_a_dispatch_crash_is_settled_by_receipt_not_rese
         workers = start_pipeline(settings, worker, (*ALL_STAGES, "webhooks"))
         with TelexProducer(settings) as producer:
             ids = set(producer.send_batch(whatsapp(300, "wd")))
-        wait_for(lambda: len(sim.sends) >= 100)  # past the first burst: sends trickle at 80/s
+        # Past the first burst: sends trickle at 80/s.
+        wait_for(lambda: len(sim.sends) >= 100, timeout=120, what="100 sends at the channel")
         # In flight for sure: a request reaches the channel only after its ATTEMPTING entry
         # is on the broker, and the held ones are answered (received) only after the kill.
         sim.hold()
-        wait_for(lambda: sim.held, until=lambda held: held >= 1)
+        wait_for(lambda: sim.held, until=lambda held: held >= 1, timeout=120,
+                 what="a send held at the channel")
         workers["dispatch"].kill()
         sim.release()
         workers["dispatch"] = worker("dispatch", settings)
@@ -260,7 +254,10 @@ def test_whatsapp_in_doubt_after_a_dispatch_crash_is_settled_by_receipt_not_rese
             return all(applied(history[i])[-1]["effective_status"] == "read"
                        for i in received)
 
-        history = wait_for(lambda: independent_history(settings), until=settled, timeout=60)
+        history = wait_for(lambda: independent_history(settings), until=settled, timeout=60,
+                           what="every received message read",
+                           describe=lambda history: Counter(
+                               applied(history[i])[-1]["effective_status"] for i in received))
 
     assert max(received.values()) == 1, "a WhatsApp message was sent twice"
     journal = [CODEC.decode(m.value()) for m in read_all(settings, "dispatch-journal")]

@@ -18,6 +18,7 @@ from pipeline.records import IN_DOUBT, update_record
 from pipeline.runtime.delay import TIER_DELAYS_MS, tier_topic
 from pipeline.settings import Settings
 from tests.fixtures.telex import Worker, produce, read_all
+from tests.fixtures.waiting import until_sync
 
 CODEC = AvroCodec()
 
@@ -42,17 +43,6 @@ def _updates(prefix: str, n_sms: int, n_wa: int, now_ms: int
             mid, "dispatch", now_ms, timer=IN_DOUBT, attempt=1, account_id="acc",
             channel="whatsapp", connector="wa"))))
     return plain, deadlines
-
-
-def _poll(probe: Callable[[], Any], timeout: float = 120) -> Any:
-    """Poll ``probe`` until it returns something truthy; fail on time-out."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = probe()
-        if got:
-            return got
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.5)  # pacing between probes; the condition decides
 
 
 def _consumer(settings: Settings, group: str) -> Consumer:
@@ -105,7 +95,8 @@ def test_deadlines_pending_across_a_sigkill_fire_once_from_the_restored_store(
     produce(settings, "status-updates", plain)
     produce(settings, "status-updates", deadlines,
             headers=[(H_TIMER_DUE, str(now_ms + 25_000).encode())])
-    _poll(lambda: _all_committed(settings, "status", "status-updates"))
+    until_sync(lambda: _all_committed(settings, "status", "status-updates"), 120,
+               "the status group to commit every status update", interval_s=0.5)
     assert time.time() * 1000 < now_ms + 25_000, "precondition: killed before the deadlines"
     status.kill()  # nothing left to replay: the deadlines live only in the store
     if new_owner:

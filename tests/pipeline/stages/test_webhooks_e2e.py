@@ -33,8 +33,8 @@ from pipeline.runtime.deadletter import header_dict
 from pipeline.settings import Settings
 from pipeline.stages.dispatch.carriers import Carriers
 from pipeline.stages.webhooks import MAX_BODY, WebhookReceiver, whatsapp_secrets
-from tests.connectors.helpers import until_sync
 from tests.fixtures.telex import REPO, read_all
+from tests.fixtures.waiting import until_sync
 
 APP_SECRET = "wa-app-secret"
 VERIFY_TOKEN = "verify-me"
