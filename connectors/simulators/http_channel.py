@@ -55,6 +55,9 @@ class HttpChannelConfig:
     outcomes: Mapping[str, float] = field(default_factory=lambda: {"read": 1.0})
     failed_code: int = 131026  # error code of "failed" statuses
     seed: int | None = None
+    # The status outcome as a function of (seed, recipient) instead of the next draw (exact
+    # demo counts whatever order sends arrive in).
+    outcome_by_recipient: bool = False
     # Append "<wall ms> <text body>" per accepted send here (benchmarks: latency measured
     # where the carrier receives the message); block-buffered, flushed every 100 ms.
     submit_log: str | None = None
@@ -285,7 +288,9 @@ class HttpChannelSimulator:
         zero, so a seed replays the same run, and the same run as before a fault existed."""
         f = self.faults
         outcomes = self.config.outcomes
-        outcome = "failed" if to in f.fail_recipients else self._rng.choices(
+        rng = (random.Random(f"{self.config.seed}:{to}") if self.config.outcome_by_recipient
+               else self._rng)
+        outcome = "failed" if to in f.fail_recipients else rng.choices(
             list(outcomes), list(outcomes.values()))[0]
         base = _STATUS_CHAIN[outcome]
         duplicate = self._chance(f.duplicate_receipt_rate)
@@ -396,6 +401,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--outcome", action="append", default=[], metavar="STATUS:WEIGHT",
                     help="status outcome mix, e.g. read:0.8 failed:0.2 (default read:1)")
     ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--outcome-by-recipient", action="store_true",
+                    help="outcome from (seed, recipient), not from the order of arrival")
     ap.add_argument("--submit-log", default=None, metavar="PATH",
                     help="append '<wall ms> <text>' per accepted send (benchmarks)")
     ap.add_argument("--keep-records", type=int, default=10_000, metavar="N",
@@ -421,6 +428,7 @@ def main(argv: list[str] | None = None) -> None:
         host=a.host, port=a.port, access_token=a.access_token, app_secret=a.app_secret,
         callback_url=a.callback_url, latency_s=a.latency_ms / 1000, max_requests_per_s=a.max_rate,
         status_delay_s=a.status_delay_ms / 1000, outcomes=outcomes, seed=a.seed,
+        outcome_by_recipient=a.outcome_by_recipient,
         submit_log=a.submit_log, keep_records=a.keep_records, webhook_batch=a.webhook_batch)
     faults = HttpFaults(throttle_rate=a.throttle_rate, server_error_rate=a.server_error_rate,
                         duplicate_receipt_rate=a.duplicate_receipt_rate,

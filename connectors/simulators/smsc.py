@@ -255,7 +255,7 @@ class SmscSimulator:
         plan = None
         if message_id and pdu.registered_delivery & 0x01 and (
                 self.config.receipt_form is not ReceiptForm.NONE):
-            plan = self._plan(message_id, self._decide.outcome())
+            plan = self._plan(message_id, self._decide.outcome(pdu.destination_addr))
         record = _record(session.system_id, pdu, status, message_id, plan)
         self.submits.append(record)
         self.submit_count += 1
@@ -410,6 +410,8 @@ def _parse_args(argv: list[str] | None) -> tuple[SmscConfig, Faults]:
                     help="final stat first, then --intermediate-stat")
     ap.add_argument("--intermediate-stat", choices=["ENROUTE", "ACCEPTD"], default="ENROUTE")
     ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--outcome-by-recipient", action="store_true",
+                    help="outcome from (seed, destination), not from the order of arrival")
     ap.add_argument("--submit-log", default=None, metavar="PATH",
                     help="append '<wall ms> <text>' per submit_sm (benchmarks)")
     ap.add_argument("--keep-records", type=int, default=10_000, metavar="N",
@@ -422,6 +424,7 @@ def _parse_args(argv: list[str] | None) -> tuple[SmscConfig, Faults]:
         receipt_ids_other_form=a.receipt_ids_other_form, receipt_form=ReceiptForm(a.receipt_form),
         receipt_delay_s=a.receipt_delay_ms / 1000, outcomes=outcomes,
         latency_s=a.latency_ms / 1000, max_submits_per_s=a.max_rate, seed=a.seed,
+        outcome_by_recipient=a.outcome_by_recipient,
         submit_log=a.submit_log, keep_records=a.keep_records)
     faults = Faults(throttle_rate=a.throttle_rate, reject_rate=a.reject_rate,
                     no_response_rate=a.no_response_rate,

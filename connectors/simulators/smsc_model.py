@@ -44,6 +44,9 @@ class SmscConfig:
     latency_s: float = 0.0  # before each submit_sm_resp; responses overlap, like a real SMSC
     max_submits_per_s: float | None = None  # excess answered ESME_RTHROTTLED
     seed: int | None = None
+    # The receipt outcome as a function of (seed, destination) instead of the next draw: a
+    # handset gets the same outcome whatever order submits arrive in (exact demo counts).
+    outcome_by_recipient: bool = False
     # Append "<wall ms> <text>" per submit_sm here (line-buffered), so a benchmark running the
     # simulator as its own process measures latency where the carrier receives the message.
     submit_log: str | None = None
@@ -186,9 +189,11 @@ class Decider:
             return True
         return False
 
-    def outcome(self) -> str:
+    def outcome(self, recipient: str | None = None) -> str:
         stats, weights = zip(*self.config.outcomes.items(), strict=True)
-        return self._rng.choices(stats, weights)[0]
+        rng = (random.Random(f"{self.config.seed}:{recipient}")
+               if self.config.outcome_by_recipient and recipient is not None else self._rng)
+        return rng.choices(stats, weights)[0]
 
     def duplicate(self) -> bool:
         return self._chance(self.faults.duplicate_receipt_rate)

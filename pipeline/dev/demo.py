@@ -90,6 +90,7 @@ def run(count: int = 2000, timeout: float = 120.0) -> int:
         smsc = subprocess.Popen([sys.executable, "-m", "connectors.simulators.smsc",
                                  "--port", str(smsc_port), "--account", "telex:demopass",
                                  "--latency-ms", "2", "--throttle-rate", "0.02", "--seed", "1",
+                                 "--outcome-by-recipient",
                                  "--receipt-delay-ms", "200", "--outcome", "DELIVRD:0.96",
                                  "--outcome", "UNDELIV:0.02", "--outcome", "EXPIRED:0.02"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -97,6 +98,7 @@ def run(count: int = 2000, timeout: float = 120.0) -> int:
         channel = subprocess.Popen([
             sys.executable, "-m", "connectors.simulators.http_channel", "--port", str(wa_port),
             "--access-token", "demo-token", "--app-secret", WA_SECRET, "--seed", "2",
+            "--outcome-by-recipient",
             "--callback-url", f"http://127.0.0.1:{hook_port}/webhooks/wa-demo",
             "--latency-ms", "5", "--status-delay-ms", "200", "--outcome", "read:0.9",
             "--outcome", "delivered:0.05", "--outcome", "failed:0.05"],
