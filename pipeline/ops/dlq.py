@@ -249,20 +249,25 @@ def journal_latest(broker: _Broker, codec: AvroCodec, message_ids: set[str]
     return latest
 
 
-class _Pacer:
-    """At most ``rate`` records per second (None: no cap)."""
+class Pacer:
+    """At most ``rate`` records per second (None: no cap), also after a stall: a flush or a
+    slow broker delays the schedule instead of letting the overdue records out in a burst
+    (a catch-up burst would defeat the cap the operator chose)."""
 
-    def __init__(self, rate: float | None) -> None:
-        self._rate = rate
-        self._sent = 0
-        self._started = time.monotonic()
+    def __init__(self, rate: float | None, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self._interval = 1 / rate if rate else 0.0
+        self._clock, self._sleep = clock, sleep
+        self._next: float | None = None
 
     def wait(self) -> None:
-        if self._rate:
-            due = self._started + self._sent / self._rate
-            if (ahead := due - time.monotonic()) > 0:
-                time.sleep(ahead)  # the rate cap itself, not a readiness wait
-        self._sent += 1
+        if not self._interval:
+            return
+        now = self._clock()
+        if self._next is not None and (ahead := self._next - now) > 0:
+            self._sleep(ahead)  # the rate cap itself, not a readiness wait
+            now = self._next
+        self._next = now + self._interval
 
 
 def replay(settings: Settings, names: Sequence[str] | None, flt: Filter, *,
@@ -295,7 +300,7 @@ def replay(settings: Settings, names: Sequence[str] | None, flt: Filter, *,
 def _execute(broker: _Broker, parts: Sequence[Partition], report: ReplayReport, *,
              rate: float | None, by: str, progress: Callable[[int, int], None] | None) -> None:
     producer = Producer(broker.settings.producer_config())
-    pacer = _Pacer(rate)
+    pacer = Pacer(rate)
     total = sum(p.outcome in (Outcome.REPLAY, Outcome.PARK) for _, p in report.plans)
     acked: set[tuple[str, int, int]] = set()
     produced = 0
