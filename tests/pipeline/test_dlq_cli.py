@@ -272,13 +272,19 @@ def test_a_replayed_record_that_fails_again_is_parked_not_replayed(
     assert listing["topics"][0]["by_stage"] == {"ingest": 1}
 
 
+def _ctrl_c_as_at_a_terminal() -> None:
+    """The child's SIGINT as a terminal gives it (Python then raises KeyboardInterrupt).
+    A test run started in the background (``cmd &`` without job control, as CI scripts do)
+    ignores SIGINT, children inherit that, and the interrupt this test sends did nothing: the
+    replay finished all 20 records (CI, twice)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_an_interrupted_replay_resumes_where_it_stopped_without_replaying_twice(
     topics: Settings,
 ):
     """Ctrl-C in the middle of a rate-capped replay: what was produced is acknowledged and
-    behind the cursor; the next run replays the rest; each dead letter is replayed once.
-    (At 2/s the 20 records take 10 s, and the cap holds after the first flush's stall, so
-    records seen on the topic leave the rest for seconds: the interrupt lands mid-replay.)"""
+    behind the cursor; the next run replays the rest; each dead letter is replayed once."""
     records = [accepted(f"+1415201{i:04d}") for i in range(20)]
     for mid, value in records:
         headers = dead_letter_headers(None, Provenance(topics.topic("dispatch-ready"), 0, 0, 1),
@@ -286,9 +292,9 @@ def test_an_interrupted_replay_resumes_where_it_stopped_without_replaying_twice(
         produce(topics, "dlq-dispatch", [(mid, value)], headers=headers)
     env = {**os.environ, **topics.to_env()}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli.main", "dlq", "replay", "--rate", "2"], cwd=REPO,
+        [sys.executable, "-m", "pipeline.cli.main", "dlq", "replay", "--rate", "4"], cwd=REPO,
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-        text=True)
+        text=True, preexec_fn=_ctrl_c_as_at_a_terminal)
     try:
         read_all(topics, "dispatch-ready", until=lambda r: len(r) >= 3, timeout=60)
         proc.send_signal(signal.SIGINT)
