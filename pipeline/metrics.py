@@ -78,6 +78,12 @@ RUNTIME_CHANGELOG_RECORDS = Counter(
     "Changelog records written at checkpoints (one per key changed since the last one).",
     ["stage"],
 )
+RUNTIME_VIEW_RECORDS = Counter(
+    "telex_runtime_view_records_total",
+    "Records of compacted view topics: produced (one per key changed in a checkpoint) or "
+    "superseded (a later value of the same key came before the checkpoint).",
+    ["stage", "outcome"],
+)
 RUNTIME_CHECKPOINT_SECONDS = Histogram(
     "telex_runtime_checkpoint_seconds",
     "Duration of a checkpoint: changelog, flush, commit, local state.",

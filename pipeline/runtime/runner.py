@@ -11,7 +11,9 @@ One :class:`StageRunner` runs one :class:`~pipeline.runtime.stage.Stage` in cons
 4. **Checkpoint** every ``commit_interval_s`` or ``checkpoint_records`` records, in this order
    (at-least-once; each step's failure stops the worker before the next, and the supervisor
    restarts it):
-   a. sweep expired entries of every store (tombstones);
+   a. sweep expired entries of every store (tombstones); produce the last record per key of
+      every compacted view output (:attr:`~pipeline.runtime.stage.Out.view`) since the last
+      checkpoint;
    b. produce **one changelog record per dirty key** to the store's compacted changelog topic,
       on the input's partition number, headed with the input offset being committed;
    c. flush the producer and check every delivery report: any failure stops the worker;
@@ -64,6 +66,7 @@ from pipeline.metrics import (
     RUNTIME_CHANGELOG_RECORDS,
     RUNTIME_CHECKPOINT_SECONDS,
     RUNTIME_RESTORED_KEYS,
+    RUNTIME_VIEW_RECORDS,
 )
 from pipeline.producing import produce_waiting
 from pipeline.runtime.membership import is_lost_membership
@@ -111,12 +114,17 @@ class StageRunner:
         # record belongs to the new owner, which reads it from the committed offset.
         self._assigned: set[tuple[str, int]] = set()
         self._uncommitted = 0
+        # View records waiting for the checkpoint, the last per (topic, key); at most one per
+        # record processed since the last checkpoint (bounded by ``checkpoint_records``).
+        self._views: dict[tuple[str, str], Out] = {}
         self._delivery_errors: list[str] = []
         self._state_root = Path(settings.state_dir) / self.group
         self._batch_max = settings.batch_max
         self._batch_metric = RUNTIME_BATCH_RECORDS.labels(stage.name)
         self._changelog_metric = RUNTIME_CHANGELOG_RECORDS.labels(stage.name)
         self._checkpoint_metric = RUNTIME_CHECKPOINT_SECONDS.labels(stage.name)
+        self._views_produced = RUNTIME_VIEW_RECORDS.labels(stage.name, "produced")
+        self._views_superseded = RUNTIME_VIEW_RECORDS.labels(stage.name, "superseded")
 
     # -- lifecycle --
 
@@ -220,7 +228,13 @@ class StageRunner:
     def _produce(self, outs: list[Out]) -> None:
         produce = self._producer.produce
         names = self._topic_names
+        views = self._views
         for out in outs:
+            if out.view:
+                if views.pop((out.topic, out.key), None) is not None:
+                    self._views_superseded.inc()
+                views[(out.topic, out.key)] = out  # re-inserted: produced in the order set
+                continue
             topic = names[out.topic]
             try:
                 produce(topic, out.value, out.key, headers=out.headers or None,
@@ -229,6 +243,17 @@ class StageRunner:
                 produce_waiting(self._producer, topic, value=out.value, key=out.key,
                                 headers=out.headers or None, timestamp=out.timestamp_ms)
         self._producer.poll(0)  # serve delivery reports (errors only)
+
+    def _produce_views(self) -> None:
+        """Step a: the waiting view records, each key's last, in the order they were set."""
+        if not self._views:
+            return
+        views, self._views = list(self._views.values()), {}
+        names = self._topic_names
+        for out in views:
+            produce_waiting(self._producer, names[out.topic], value=out.value, key=out.key,
+                            headers=out.headers or None, timestamp=out.timestamp_ms)
+        self._views_produced.inc(len(views))
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
@@ -242,6 +267,7 @@ class StageRunner:
         now_ms = int(self._clock() * 1000)
         changed = 0
         disk: list[tuple[Store, str]] = []
+        self._produce_views()
         for (topic, partition), store in self._stores.items():
             store.sweep(now_ms, _SWEEP_LIMIT)
             source = str(self._positions.get((topic, partition), -1)).encode()
@@ -313,6 +339,10 @@ class StageRunner:
                   partitions=[f"{tp.topic}[{tp.partition}]" for tp in partitions])
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # View records of lost partitions go out now, as they would have without the wait for
+        # a checkpoint (those of partitions still owned too: a view record is never dropped).
+        # Their new owner re-processes the same records and writes the same or later values.
+        self._produce_views()
         self._drop([(tp.topic, tp.partition) for tp in partitions])
         _log.warning("partitions_lost", stage=self.stage.name,
                      partitions=[f"{tp.topic}[{tp.partition}]" for tp in partitions])

@@ -53,6 +53,11 @@ class Out:
 
     ``timestamp_ms``: the record's Kafka timestamp when it must be the time of the decision
     (a rate limiter's release), not the time the runtime gets to produce it after the batch.
+
+    ``view``: a record of a compacted *view* topic (the latest status per message), where a
+    reader wants the last value per key and not every step to it. The runtime keeps only the
+    last such record per (topic, key) and produces it with the next checkpoint, as it does a
+    store's changelog: one record per changed key per checkpoint instead of one per event.
     """
 
     topic: str
@@ -60,6 +65,7 @@ class Out:
     value: bytes
     headers: Headers = field(default_factory=list)
     timestamp_ms: int = 0  # 0: librdkafka stamps the produce time
+    view: bool = False
 
 
 @dataclass(frozen=True, slots=True)

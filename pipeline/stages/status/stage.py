@@ -18,7 +18,9 @@ applied at once.
 
 Outputs, keyed by message id:
 - ``delivery-status``         DeliveryStatus history, every event, sequence 1, 2, … per message;
-- ``delivery-status-latest``  compacted: the event that last moved the message's status;
+- ``delivery-status-latest``  compacted: the event that last moved the message's status,
+                              written once per checkpoint per message that moved (a runtime
+                              view: up to ``TELEX_COMMIT_INTERVAL_S`` behind the history);
 - ``dispatch-ready``          a resend after a failed receipt (MessageAccepted, next attempt,
                               header :data:`H_RESEND_AVOID` naming the connector to avoid);
 - ``dlq-status``              records it cannot process, with provenance.
@@ -143,7 +145,7 @@ class StatusStage(KeyedStage):
                 for e in result.events]
         if result.latest is not None:
             outs.append(Out("delivery-status-latest", message_id,
-                            self._codec.encode("delivery_status", result.latest)))
+                            self._codec.encode("delivery_status", result.latest), view=True))
         if result.resend is not None:
             message = self._codec.decode(result.resend.message, expected="message_accepted")
             message["attempt"] = result.resend.attempt

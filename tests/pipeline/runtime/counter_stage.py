@@ -1,6 +1,7 @@
 """A counting stage for runtime tests: ``python -m tests.pipeline.runtime.counter_stage
 memory|disk``. Each record adds one to its key's count and emits the new count, so the last
-output per key says whether the store lost or double-applied anything."""
+output per key says whether the store lost or double-applied anything. It also writes each new
+count to a compacted view topic (``Out.view``), whose last record per key must end the same."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pipeline.runtime.stage import Input, KeyedStage, Out, Record, StoreSpec
 from pipeline.runtime.store import KeyState
 from pipeline.settings import get_settings
 
-IN_TOPIC, OUT_TOPIC, STORE = "rt-in", "rt-out", "counts"
+IN_TOPIC, OUT_TOPIC, VIEW_TOPIC, STORE = "rt-in", "rt-out", "rt-view", "counts"
 
 
 class Counter(KeyedStage):
@@ -28,7 +29,9 @@ class Counter(KeyedStage):
             raise ValueError("poison record")
         count = state.get("n", 0) + 1
         state.set("n", count)
-        return [Out(OUT_TOPIC, record.key or "", str(count).encode())]
+        value = str(count).encode()
+        return [Out(OUT_TOPIC, record.key or "", value),
+                Out(VIEW_TOPIC, record.key or "", value, view=True)]
 
 
 def main() -> int:

@@ -98,3 +98,69 @@ def test_a_broker_call_is_retried_while_the_leader_is_not_elected():
     with pytest.raises(KafkaException):
         _retrying(denied)
     assert len(calls) == 1
+
+
+class _Producer:
+    """The part of confluent_kafka.Producer the runner's produce path uses."""
+
+    def __init__(self) -> None:
+        self.produced: list[tuple[str, str, bytes]] = []
+
+    def produce(self, topic: str, value: bytes, key: str, **_: object) -> None:
+        self.produced.append((topic, key, value))
+
+    def poll(self, _timeout: float) -> int:
+        return 0
+
+
+class _Views(Stage):
+    """Emits, per record, a history record and a view record of its key's running count."""
+
+    name = "views"
+    inputs = (Input("in"),)
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def process(self, records: Sequence[Record], stores: Mapping[tuple[str, int], Store],
+                now_ms: int) -> list[Out]:
+        outs = []
+        for r in records:
+            n = self.counts[r.value.decode()] = self.counts.get(r.value.decode(), 0) + 1
+            outs += [Out("history", r.value.decode(), str(n).encode()),
+                     Out("latest", r.value.decode(), str(n).encode(), view=True)]
+        return outs
+
+
+class _Keyed(_Msg):
+    def __init__(self, offset: int, key: str) -> None:
+        super().__init__("t.in", 0, offset)
+        self._k = key
+
+    def value(self) -> bytes:
+        return self._k.encode()
+
+
+def test_view_records_wait_for_the_checkpoint_and_only_each_keys_last_goes_out(
+    tmp_path: Path
+):
+    """Every history record is produced with its batch; view records are held until the
+    checkpoint step that produces them, and then only the last per key, in the order their
+    keys were last set."""
+    settings = load_settings(kafka_bootstrap_servers="127.0.0.1:1", topic_prefix="t.",
+                             state_dir=str(tmp_path))
+    runner = StageRunner(settings, _Views())
+    producer = _Producer()
+    runner._producer = producer  # type: ignore[assignment]
+    runner._assigned = {("t.in", 0)}
+    runner._process([_Keyed(0, "a"), _Keyed(1, "b"), _Keyed(2, "a")])
+    runner._process([_Keyed(3, "c"), _Keyed(4, "b")])
+    assert [p for p in producer.produced if p[0] == "t.latest"] == []
+    assert len([p for p in producer.produced if p[0] == "t.history"]) == 5
+    producer.produced.clear()
+    runner._produce_views()
+    assert producer.produced == [("t.latest", "a", b"2"), ("t.latest", "c", b"1"),
+                                 ("t.latest", "b", b"2")]
+    producer.produced.clear()
+    runner._produce_views()  # nothing new since: nothing written again
+    assert producer.produced == []

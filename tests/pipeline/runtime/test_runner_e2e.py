@@ -20,7 +20,7 @@ from pipeline.runtime.runner import changelog_topic
 from pipeline.settings import Settings
 from pipeline.topics import TopicSpec, admin_client, apply_topics
 from tests.fixtures.telex import REPO, produce, read_all
-from tests.pipeline.runtime.counter_stage import IN_TOPIC, OUT_TOPIC, STORE, Counter
+from tests.pipeline.runtime.counter_stage import IN_TOPIC, OUT_TOPIC, STORE, VIEW_TOPIC, Counter
 
 KEYS = 20_000
 ROUNDS = 5
@@ -30,7 +30,7 @@ ROUNDS = 5
 def rt(settings: Settings) -> Settings:
     """The counter stage's topics: input, output, its changelog and its dead letters."""
     specs = [TopicSpec(settings.topic(n), "stream", settings.partitions, 1, {})
-             for n in (IN_TOPIC, OUT_TOPIC, f"dlq-{Counter.name}")]
+             for n in (IN_TOPIC, OUT_TOPIC, VIEW_TOPIC, f"dlq-{Counter.name}")]
     specs.append(TopicSpec(changelog_topic(settings, Counter.name, STORE), "compacted",
                            settings.partitions, 1, {"cleanup.policy": "compact"}))
     apply_topics(admin_client(settings), specs)
@@ -63,6 +63,22 @@ def procs() -> Iterator[list[_Proc]]:
         if p.proc.poll() is None:
             p.proc.kill()
             p.proc.wait(10)
+
+
+def _last_views(settings: Settings, keys: int, rounds: int) -> dict[str, int]:
+    """Last view record per key once ``keys`` keys end at ``rounds`` (fails on time-out)."""
+    last: dict[str, int] = {}
+    seen = 0
+
+    def done(records: list[Message]) -> bool:
+        nonlocal seen
+        for m in records[seen:]:
+            last[m.key().decode()] = int(m.value())
+        seen = len(records)
+        return sum(1 for v in last.values() if v == rounds) >= keys
+
+    read_all(settings, VIEW_TOPIC, until=done, timeout=240)
+    return last
 
 
 def _final_counts(settings: Settings, expected_total: int) -> dict[str, int]:
@@ -98,8 +114,8 @@ def test_sigkill_mid_batch_loses_nothing_and_counts_nothing_twice(
 ):
     """Records for 20,000 keys, five rounds; the worker is SIGKILLed while it processes round
     three and restarted: every key's count ends exactly at five (a lost changelog record would
-    end lower, a store restored ahead of its committed input higher), and the restart restored
-    the store from the changelog."""
+    end lower, a store restored ahead of its committed input higher), the compacted view's last
+    record per key says the same, and the restart restored the store from the changelog."""
     rounds = [[(f"k{i:05d}", b"+") for i in range(KEYS)] for _ in range(ROUNDS)]
     produce(rt, IN_TOPIC, [r for rnd in rounds[:2] for r in rnd])
     first = _Proc(rt, kind, tmp_path / "first.log")
@@ -115,8 +131,11 @@ def test_sigkill_mid_batch_loses_nothing_and_counts_nothing_twice(
     second = _Proc(rt, kind, tmp_path / "second.log")
     procs.append(second)
     final = _final_counts(rt, ROUNDS * KEYS)
+    views = _last_views(rt, KEYS, ROUNDS)
     second.stop()
     assert Tally(final.values()) == Tally({ROUNDS: KEYS})
+    # The view ends at the same counts: no view record waiting for a checkpoint was lost.
+    assert views == final
     restored = _restore_logs(tmp_path / "second.log")
     assert {r["partition"] for r in restored} == set(range(rt.partitions))
     if kind == "memory":  # a memory store replays the changelog: every key is back
