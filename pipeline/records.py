@@ -17,6 +17,7 @@ __all__ = [
     "UPDATE_FIELDS",
     "VALIDITY_MAX_S",
     "VALIDITY_MIN_S",
+    "accepted_key",
     "receipt_key",
     "update_record",
 ]
@@ -56,6 +57,12 @@ def update_record(message_id: str, source: str, event_time_ms: int, **fields: An
         raise ValueError(f"not StatusUpdate fields: {sorted(unknown)}")
     return {**dict.fromkeys(UPDATE_FIELDS), "message_id": message_id, "source": source,
             "event_time_ms": event_time_ms, **fields}
+
+
+def accepted_key(message: Mapping[str, Any]) -> str:
+    """Kafka key of ``message-accepted``: the account id, so the partition that owns the
+    account's rate-limit bucket reads the accepted messages themselves (no re-keying hop)."""
+    return str(message["account_id"])
 
 
 def receipt_key(connector: str, carrier_message_id: str) -> str:

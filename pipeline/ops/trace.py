@@ -51,11 +51,14 @@ from pipeline.stages.status import stage as status_stage
 _TIERS = tuple(tier_topic(i) for i in range(len(TIER_DELAYS_MS)))
 _DLQS = (*dead_letter_topics(), "dlq-parked")
 # Topics keyed by message id, in pipeline order: the order breaks timestamp ties.
-KEYED_BY_ID = ("message-requested", "message-accepted", "request-rejections",
+KEYED_BY_ID = ("message-requested", "request-rejections",
                "ratelimit-deferrals", "dispatch-ready", "dispatch-journal", *_TIERS,
                "status-updates", "delivery-status", *_DLQS)
+# Keyed by account (records.accepted_key): read once the account is known from the above.
+KEYED_BY_ACCOUNT = ("message-accepted",)
 RECEIPT_TOPICS = ("carrier-receipts", "receipts-unmatched")
-_RANK = {t: i for i, t in enumerate((*KEYED_BY_ID, *RECEIPT_TOPICS))}
+_RANK = {t: i for i, t in enumerate((KEYED_BY_ID[0], *KEYED_BY_ACCOUNT, *KEYED_BY_ID[1:],
+                                     *RECEIPT_TOPICS))}
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +237,12 @@ def trace(settings: Settings, message_id: str, *, timeout: float = 10.0) -> list
         event, record, headers = reader.event(msg)
         key = (msg.key() or b"").decode("utf-8", "replace")
         if message_id in (key, headers.get(H_MESSAGE_ID), (record or {}).get("message_id")):
+            found.append((event, record))
+    accounts = {str(r["account_id"]) for _, r in found if r and r.get("account_id")}
+    account_tps = [tp for short in KEYED_BY_ACCOUNT for tp in reader.partitions(short, accounts)]
+    for msg in reader.read(account_tps) if accounts else []:
+        event, record, _ = reader.event(msg)
+        if (record or {}).get("message_id") == message_id:
             found.append((event, record))
     carriers = _carrier_ids(found)
     keys = {receipt_key(c, i) for c, i in carriers}

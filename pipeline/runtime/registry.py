@@ -68,7 +68,7 @@ STAGES: tuple[StageSpec, ...] = (
               ("dedup",),
               description="validation and dedup by idempotency key"),
     StageSpec("ratelimit", "batch", "pipeline.stages.ratelimit.stage:build",
-              ("message-accepted", "rl-account", "rl-route", "rl-sender"),
+              ("message-accepted", "rl-route", "rl-sender"),
               ("account", "route", "sender"),
               description="account, route and sender buckets"),
     StageSpec("scheduler", "service", "pipeline.runtime.scheduler:run",

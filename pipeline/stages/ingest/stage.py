@@ -3,8 +3,10 @@
 Decision (pure, :func:`decide`): what a request becomes given what the dedup store remembers.
 Wiring (:class:`IngestStage`, on the batch runtime): decode, run the decision, store, emit.
 
-Outputs, all keyed by message id:
-- ``message-accepted``  MessageAccepted, for a new valid request;
+Outputs, keyed by message id but for ``message-accepted``:
+- ``message-accepted``  MessageAccepted, for a new valid request, keyed by **account**
+                        (:func:`pipeline.records.accepted_key`): the rate limit's account
+                        bucket reads it straight, with no re-keying hop;
 - ``status-updates``    StatusUpdate ``accepted``/``scheduled``, or ``failed`` with its code
                         for a request that fails validation (the status stage sequences them);
 - ``request-rejections`` RequestRejected for a key reused with different content (21656);
@@ -31,7 +33,7 @@ import structlog
 from pipeline.codec import AvroCodec
 from pipeline.errors import Code, error_title
 from pipeline.metrics import PROCESSING_SECONDS, RECORDS, REJECTED
-from pipeline.records import update_record
+from pipeline.records import accepted_key, update_record
 from pipeline.runtime.stage import Input, KeyedStage, Out, Record, StoreSpec
 from pipeline.runtime.store import KeyState
 from pipeline.senders import SenderRegistry, load_registry
@@ -42,7 +44,8 @@ from pipeline.stages.ingest.validate import Rejection, Valid, request_hash, vali
 
 STAGE = "ingest"
 IN_TOPIC = "message-requested"
-OUT_TOPICS = ("message-accepted", "status-updates", "request-rejections", "dlq-ingest")
+ACCEPTED = "message-accepted"
+OUT_TOPICS = (ACCEPTED, "status-updates", "request-rejections", "dlq-ingest")
 STORE = "dedup"
 _STATE_KEY = "seen"
 
@@ -119,7 +122,7 @@ def decide(
     status = "scheduled" if req.get("send_at_ms") else "accepted"
     return Decision(
         verdict, status,
-        [Emit("message-accepted", "message_accepted", accepted),
+        [Emit(ACCEPTED, "message_accepted", accepted),
          _status(req, status, now_ms, segments=checked.segments)],
         Seen(content, event_ms, "accepted"),
     )
@@ -154,7 +157,8 @@ class IngestStage(KeyedStage):
         seen = Seen.from_state(state.get(_STATE_KEY))
         decision = decide(req, seen, senders=self._senders, window_ms=self._window_ms,
                           event_ms=record.timestamp, now_ms=now_ms)
-        outs = [Out(e.topic, req["message_id"], self._codec.encode(e.schema, e.record))
+        outs = [Out(e.topic, accepted_key(e.record) if e.topic == ACCEPTED
+                    else req["message_id"], self._codec.encode(e.schema, e.record))
                 for e in decision.emits]
         if decision.store is not None:
             state.set(_STATE_KEY, decision.store.to_state())

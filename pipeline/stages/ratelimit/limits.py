@@ -23,6 +23,7 @@ from typing import Any
 import phonenumbers
 
 from pipeline.errors import ConfigError
+from pipeline.records import accepted_key
 from pipeline.senders import SenderKind, SenderRegistry
 from pipeline.stages.ratelimit.gcra import Limit
 
@@ -111,7 +112,7 @@ def load_limits(path: str | None, senders: SenderRegistry) -> Limits:
 def bucket_of(dimension: str, message: Mapping[str, Any]) -> str:
     """The bucket key of a MessageAccepted in ``dimension`` (also its record key there)."""
     if dimension == ACCOUNT:
-        return str(message["account_id"])
+        return accepted_key(message)  # the account bucket reads message-accepted straight
     if dimension == SENDER:
         return f"{message['channel']}:{message['sender']}"
     return f"{message['channel']}:+{_country_code(str(message['recipient']))}"

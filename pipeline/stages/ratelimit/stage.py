@@ -1,16 +1,18 @@
 """Rate-limit stage: each message passes its account, carrier-route and sender buckets in turn.
 
 Ownership: every bucket lives on exactly one partition of the topic keyed by that bucket
-(``rl-account`` by account, ``rl-route`` by channel:+country, ``rl-sender`` by channel:sender),
-so across N workers each bucket has one owner, by Kafka's partitioning, with no shared lock.
-A step releases a message keyed for the next step, so one topic hop per bucket re-partitions.
+(``message-accepted`` by account — ingest keys it so, and the account step reads it straight —
+``rl-route`` by channel:+country, ``rl-sender`` by channel:sender), so across N workers each
+bucket has one owner, by Kafka's partitioning, with no shared lock. A step releases a message
+keyed for the next step: one topic hop per bucket after the first re-partitions.
 
 Decision (pure, :func:`decide`): reserve the message's slot in the bucket (GCRA, cost = its
 segments). Due now → released to the next step. Due later → deferred through the delay tiers
 (:mod:`pipeline.runtime.delay`) straight to the next step, with an explanation event on
 ``ratelimit-deferrals``; nothing waits in front of other buckets' messages. Booked beyond the
 queue cap → ``failed`` 21611 (queue full). Due after its validity ends → ``failed`` 30036.
-Scheduled sends (send-at) enter through the same delay tiers before the first bucket.
+Scheduled sends (send-at) wait in the same delay tiers before the first bucket, and come back
+to ``message-accepted`` when due.
 
 Guarantee: at-least-once, as every batch-runtime stage (see ``pipeline/runtime/runner.py``). After a
 crash, records since the last checkpoint are reserved again on top of the recovered TATs: the
@@ -55,11 +57,11 @@ SCHEDULER_MARGIN_MS = 30_000
 # The sender bucket, the strictest, comes last: a message it defers is released by the delay
 # tiers straight into dispatch-ready at its slot, with no stage hop left to add jitter.
 STEPS: tuple[tuple[str, str, str, Callable[[Mapping[str, Any]], str]], ...] = (
-    (ACCOUNT, "rl-account", "rl-route", lambda m: bucket_of(ROUTE, m)),
+    (ACCOUNT, "message-accepted", "rl-route", lambda m: bucket_of(ROUTE, m)),
     (ROUTE, "rl-route", "rl-sender", lambda m: bucket_of(SENDER, m)),
     (SENDER, "rl-sender", "dispatch-ready", lambda m: str(m["message_id"])),
 )
-ENTRY_TOPIC = "message-accepted"
+ENTRY_TOPIC = STEPS[0][1]
 
 log = structlog.get_logger("telex.ratelimit")
 
@@ -110,13 +112,11 @@ class RateLimitStage(KeyedStage):
         self._limits = limits
         self._codec = codec
         self._clock = clock
-        self.inputs = (Input(ENTRY_TOPIC),
-                       *(Input(topic, StoreSpec(dimension, None))
-                         for dimension, topic, _, _ in STEPS))
-        self._routes: dict[str, Callable[[Record, KeyState | None, float], list[Out]]] = {
-            settings.topic(ENTRY_TOPIC): lambda rec, _state, now: self.enter(rec, now)}
+        self.inputs = tuple(Input(topic, StoreSpec(dimension, None))
+                            for dimension, topic, _, _ in STEPS)
+        self._routes: dict[str, Callable[[Record, KeyState | None, float], list[Out]]] = {}
         for dimension, topic, next_topic, next_key in STEPS:
-            self._routes[settings.topic(topic)] = self.step(dimension, next_topic, next_key)
+            self._routes[settings.topic(topic)] = self.step(dimension, topic, next_topic, next_key)
         self._outcomes = {(d, o): RECORDS.labels(f"{STAGE}-{d}", o)
                           for d, *_ in STEPS for o in ("released", "deferred", "queue_full",
                                                        "expired")}
@@ -127,22 +127,10 @@ class RateLimitStage(KeyedStage):
     def message_id_of(self, record: Record) -> str | None:
         return self._message_id_of(record.value or b"")
 
-    # -- entry: scheduled sends wait for their send-at, then everything enters by account --
-
-    def enter(self, record: Record, now_ms: float) -> list[Out]:
-        value = record.value or b""
-        msg = self._codec.decode(value, expected="message_accepted")
-        account = bucket_of(ACCOUNT, msg)
-        send_at = msg.get("send_at_ms")
-        if send_at is not None and send_at > now_ms:
-            return self._defer(msg, value, account, "rl-account", send_at, now_ms,
-                               bucket="schedule", position=0,
-                               reason=f"scheduled send-at {int(send_at)}")
-        return [Out("rl-account", account, value)]
-
     # -- one bucket step --
 
-    def step(self, dimension: str, next_topic: str, next_key: Callable[[Mapping[str, Any]], str]
+    def step(self, dimension: str, topic: str, next_topic: str,
+             next_key: Callable[[Mapping[str, Any]], str]
              ) -> Callable[[Record, KeyState | None, float], list[Out]]:
         def process(record: Record, state: KeyState | None, now_ms: float) -> list[Out]:
             assert state is not None
@@ -151,6 +139,12 @@ class RateLimitStage(KeyedStage):
             bucket = bucket_of(dimension, msg)
             if record.key != bucket:
                 raise ValueError(f"record key {record.key!r} is not its {dimension} bucket")
+            send_at = msg.get("send_at_ms")
+            if dimension == ACCOUNT and send_at is not None and send_at > now_ms:
+                # A scheduled send waits before taking any slot, and comes back here when due.
+                return self._defer(msg, value, bucket, topic, send_at, now_ms,
+                                   bucket="schedule", position=0,
+                                   reason=f"scheduled send-at {int(send_at)}")
             limit = self._limits.for_bucket(dimension, bucket)
             booked = state.get("tat")
             verdict = decide(booked, now_ms, max(1, int(msg["segments"])), limit,
