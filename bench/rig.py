@@ -4,9 +4,10 @@ Shapes (``--stages-apart`` or ``--workers N``):
 
 * ``stages-apart``: one unsupervised ``telex worker STAGE`` process per stage, as deployed
   before the topology worker existed;
-* ``workers N``: N ``telex worker`` processes, each given the whole stage set (batch stages on
-  threads; scheduler, dispatch and webhooks as supervised children). Their webhook receivers
-  listen on ports of their own; the HTTP channel simulator calls the first one's.
+* ``workers N``: N ``telex worker`` processes, each given the whole stage set (batch stages,
+  the scheduler among them, on threads; dispatch and webhooks as supervised children). Their
+  webhook receivers listen on ports of their own; the HTTP channel simulator calls the first
+  one's.
 
 CPU is read from /proc for every process of each worker's tree (children found by parent pid)
 and labelled by what it runs, so supervisors and service children are counted too.

@@ -3,8 +3,9 @@
 ``telex worker STAGE`` runs one stage of :mod:`pipeline.runtime.registry` (for operators who
 deploy stages apart). ``telex worker`` runs every stage in one worker, as a Kafka Streams
 instance runs its whole topology: the batch stages on threads of this process, each for the
-partitions its group gives this process; the service stages (scheduler, dispatch, webhooks,
-pgsink) as supervised child processes, each started only when its settings are present. More
+partitions its group gives this process (the delay-tier scheduler among them); the service
+stages (dispatch, webhooks) as supervised child processes, each started only when its settings
+are present. More
 ``telex worker`` processes, on this machine or others, share the partitions.
 
 By default a supervisor restarts the worker after an error exit (see

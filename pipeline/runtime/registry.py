@@ -71,7 +71,7 @@ STAGES: tuple[StageSpec, ...] = (
               ("message-accepted", "rl-route", "rl-sender"),
               ("account", "route", "sender"),
               description="account, route and sender buckets"),
-    StageSpec("scheduler", "service", "pipeline.runtime.scheduler:run",
+    StageSpec("scheduler", "batch", "pipeline.runtime.scheduler:build",
               tuple(f"delay-t{i}" for i in range(10)),
               description="releases delayed records when due"),
     StageSpec("dispatch", "service", "pipeline.stages.dispatch.stage:run", ("dispatch-ready",),

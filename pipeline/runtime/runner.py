@@ -17,11 +17,23 @@ One :class:`StageRunner` runs one :class:`~pipeline.runtime.stage.Stage` in cons
    b. produce **one changelog record per dirty key** to the store's compacted changelog topic,
       on the input's partition number, headed with the input offset being committed;
    c. flush the producer and check every delivery report: any failure stops the worker;
-   d. commit the input offsets (a commit refused because a rebalance is under way or the
-      group moved on is logged and retried at the next checkpoint; partitions really lost are
-      dropped by ``on_lost``, and their new owner re-reads the uncommitted records);
+   d. commit the input offsets, each no further than the stage's commit floor (the lowest
+      offset it still holds undecided, step 5). A commit refused because a rebalance is under
+      way or the group moved on is logged and retried at the next checkpoint; partitions
+      really lost are dropped by ``on_lost``, and their new owner re-reads the uncommitted
+      records;
    e. tell the stores their changes are durable (a disk store writes them now, with the
       changelog end offset, so its local copy never runs ahead of the changelog).
+
+5. **Held records** (a stage that holds records across batches, the delay-tier scheduler;
+   every hook defaults to "nothing held"): the stage may pause a partition and resume it,
+   optionally from an offset (:class:`~pipeline.runtime.stage.Flow`, given once through
+   ``Stage.bind``), to bound what it holds or to park a partition whose next record is far
+   off; the checkpoint commits each partition no further than ``Stage.commit_floor``, so a
+   held record is re-read after a crash, never lost; the poll's wait ends at
+   ``Stage.next_wake_ms`` (to the millisecond: pacing), when ``Stage.wake`` produces what came
+   due, checkpointed like a batch's outputs; and ``Stage.forget`` drops what it holds of
+   partitions revoked (after the checkpoint) or lost.
 
 **Punctuation** (timers kept in the stores, see :mod:`pipeline.runtime.stage`): at most every
 ``punctuate_interval_s``, whether records arrive or not (the poll's wait ends at the next
@@ -41,6 +53,7 @@ A record polled in the same call that revoked its partition is left to the new o
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -70,7 +83,7 @@ from pipeline.metrics import (
 )
 from pipeline.producing import produce_waiting
 from pipeline.runtime.membership import is_lost_membership
-from pipeline.runtime.stage import Out, Record, Stage, StoreSpec, header_value
+from pipeline.runtime.stage import Flow, Out, Record, Stage, StoreSpec, header_value
 from pipeline.runtime.store import DiskStore, MemoryStore, Store
 from pipeline.settings import Settings
 
@@ -125,6 +138,7 @@ class StageRunner:
         self._checkpoint_metric = RUNTIME_CHECKPOINT_SECONDS.labels(stage.name)
         self._views_produced = RUNTIME_VIEW_RECORDS.labels(stage.name, "produced")
         self._views_superseded = RUNTIME_VIEW_RECORDS.labels(stage.name, "superseded")
+        stage.bind(_ConsumerFlow(self._consumer))
 
     # -- lifecycle --
 
@@ -142,14 +156,19 @@ class StageRunner:
         punctuating = type(self.stage).punctuate is not Stage.punctuate
         tick = self.settings.punctuate_interval_s
         next_punctuation = time.monotonic() + tick
+        waking = type(self.stage).next_wake_ms is not Stage.next_wake_ms
         try:
             while not self._stop.is_set():
                 wait = min(0.5, interval)
                 if punctuating:
                     wait = max(0.0, min(wait, next_punctuation - time.monotonic()))
+                if waking:
+                    wait = self._until_wake(wait)
                 batch = self._poll(wait)
                 if batch:
                     self._process(batch)
+                if waking:
+                    self.wake()
                 if punctuating and time.monotonic() >= next_punctuation:
                     self.punctuate()
                     next_punctuation = time.monotonic() + tick
@@ -212,6 +231,25 @@ class StageRunner:
         outs = self.stage.process(records, self._stores, now_ms)
         self._produce(outs)
         self._uncommitted += len(records)
+
+    def _until_wake(self, wait_s: float) -> float:
+        """``wait_s``, cut to when the stage's held work comes due (rounded up to the ms:
+        librdkafka waits whole milliseconds, and waking early would spin)."""
+        due_ms = self.stage.next_wake_ms()
+        if due_ms is None:
+            return wait_s
+        return max(0.0, min(wait_s, math.ceil(due_ms - self._clock() * 1000) / 1000))
+
+    def wake(self) -> None:
+        """Let the stage act on held work come due; outputs produced, checkpointed later."""
+        due_ms = self.stage.next_wake_ms()
+        now_ms = int(self._clock() * 1000)
+        if due_ms is None or due_ms > now_ms:
+            return
+        outs = self.stage.wake(now_ms)
+        if outs:
+            self._produce(outs)
+            self._uncommitted += len(outs)
 
     def punctuate(self) -> None:
         """Fire every assigned store's due timers; outputs are produced, changes checkpointed."""
@@ -284,7 +322,11 @@ class StageRunner:
             errors, self._delivery_errors = self._delivery_errors[:5], []
             raise CheckpointError(f"{self.stage.name}: {left} records unacknowledged after "
                                   f"{self.settings.flush_timeout_s} s; errors: {errors}")
-        offsets = [TopicPartition(t, p, o) for (t, p), o in self._positions.items()]
+        floor = self.stage.commit_floor
+        offsets = []
+        for (t, p), o in self._positions.items():
+            held = floor(t, p)
+            offsets.append(TopicPartition(t, p, o if held is None else min(o, held)))
         committed = True
         if offsets:
             try:
@@ -348,6 +390,7 @@ class StageRunner:
                      partitions=[f"{tp.topic}[{tp.partition}]" for tp in partitions])
 
     def _drop(self, keys: list[tuple[str, int]]) -> None:
+        self.stage.forget(keys)
         for key in keys:
             self._assigned.discard(key)
             self._positions.pop(key, None)
@@ -430,6 +473,24 @@ def restore(store: Store, restorer: Consumer, changelog: TopicPartition,
     if isinstance(store, DiskStore):
         store.restored(high)
     return applied, skipped
+
+
+class _ConsumerFlow(Flow):
+    """A stage's :class:`~pipeline.runtime.stage.Flow` on the runner's consumer."""
+
+    def __init__(self, consumer: Consumer) -> None:
+        self._consumer = consumer
+
+    def pause(self, topic: str, partition: int) -> None:
+        self._consumer.pause([TopicPartition(topic, partition)])
+
+    def resume(self, topic: str, partition: int, offset: int | None = None) -> None:
+        if offset is None:
+            self._consumer.resume([TopicPartition(topic, partition)])
+            return
+        tp = TopicPartition(topic, partition, offset)
+        self._consumer.resume([tp])
+        self._consumer.seek(tp)
 
 
 class _TopicNames(dict[str, str]):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import structlog
 
@@ -35,6 +36,7 @@ from pipeline.runtime.store import KeyState, Store
 
 __all__ = [
     "PUNCTUATE_LIMIT",
+    "Flow",
     "Input",
     "KeyedStage",
     "Out",
@@ -116,8 +118,25 @@ class Record:
         return header_value(self.headers, name)
 
 
+class Flow(Protocol):
+    """What a stage may ask of the fetching of its input partitions (the runner's consumer)."""
+
+    def pause(self, topic: str, partition: int) -> None:
+        """Fetch nothing more of the partition until :meth:`resume`."""
+
+    def resume(self, topic: str, partition: int, offset: int | None = None) -> None:
+        """Fetch the partition again, from ``offset`` when given (records after it that were
+        already polled come again)."""
+
+
 class Stage:
-    """Base of every stage on the batch runtime."""
+    """Base of every stage on the batch runtime.
+
+    A stage that holds records across batches (the delay-tier scheduler: records due soon,
+    paced releases, parked partitions) also overrides the holding hooks below
+    (:meth:`bind`, :meth:`commit_floor`, :meth:`next_wake_ms`, :meth:`wake`, :meth:`forget`);
+    their defaults leave the runner's protocol as it is for every other stage.
+    """
 
     #: stage name: consumer group ``<prefix><name>``, dead letters to ``dlq-<name>``.
     name: str = ""
@@ -134,6 +153,33 @@ class Stage:
         the runner every ``TELEX_PUNCTUATE_INTERVAL_S`` for each store; outputs and store
         changes are checkpointed like a batch's. Default: no timers."""
         return []
+
+    # -- holding records across batches (defaults: nothing held) --
+
+    def bind(self, flow: Flow) -> None:
+        """Called once by the runner: ``flow`` pauses and resumes (optionally from an offset)
+        this stage's input partitions, to bound what it holds or to park a partition whose
+        next record is far off."""
+
+    def commit_floor(self, topic: str, partition: int) -> int | None:
+        """The lowest offset of the partition still held undecided (its outputs not yet
+        produced): the checkpoint commits no further, so a crash re-reads it. None: nothing
+        held, commit all that was processed. (A stage with a floor keeps no store: its
+        changelog records would be headed with the processed offset, not the floor.)"""
+        return None
+
+    def next_wake_ms(self) -> float | None:
+        """When held work next comes due (epoch ms on the runner's clock): the poll's wait
+        ends then and :meth:`wake` runs, to the millisecond. None: nothing due."""
+        return None
+
+    def wake(self, now_ms: int) -> list[Out]:
+        """Outputs of the held work due by ``now_ms``; checkpointed like a batch's."""
+        return []
+
+    def forget(self, partitions: Sequence[tuple[str, int]]) -> None:
+        """These partitions are no longer this member's (revoked after a checkpoint, or lost):
+        drop what is held of them; their next owner re-reads it from the committed offset."""
 
     def dead_letter(self, record: Record, exc: BaseException, now_ms: int,
                     message_id: str | None = None) -> Out:

@@ -7,7 +7,8 @@ import threading
 import time
 
 from pipeline.runtime.delay import delay_headers, tier_topic
-from pipeline.runtime.scheduler import Scheduler
+from pipeline.runtime.runner import StageRunner
+from pipeline.runtime.scheduler import build
 from pipeline.settings import Settings
 from tests.fixtures.telex import produce, read_all
 from tests.fixtures.waiting import until_sync
@@ -24,8 +25,9 @@ def test_record_due_hours_ahead_is_not_held_in_memory_and_is_released_when_due(
     due_ms = now[0] * 1000 + HOUR_MS
     produce(topics, tier_topic(9), [("m-far", b"far")],
             headers=delay_headers(due_ms, "dispatch-ready"))
-    scheduler = Scheduler(topics, clock=lambda: now[0])
-    thread = threading.Thread(target=scheduler.run, daemon=True)
+    scheduler = build(topics)
+    runner = StageRunner(topics, scheduler, clock=lambda: now[0])
+    thread = threading.Thread(target=runner.run, daemon=True)
     thread.start()
     try:
         until_sync(lambda: len(scheduler.parked()) == 1, 60, "the partition parked",
@@ -39,5 +41,5 @@ def test_record_due_hours_ahead_is_not_held_in_memory_and_is_released_when_due(
         until_sync(lambda: scheduler.parked() == [], 10, "the partition awake",
                    interval_s=0.05)
     finally:
-        scheduler.stop()
+        runner.stop()
         thread.join(30)
