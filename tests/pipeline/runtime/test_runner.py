@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
+from confluent_kafka import TopicPartition
 
 from pipeline.runtime.runner import StageRunner
 from pipeline.runtime.stage import Input, Out, Record, Stage
@@ -100,8 +101,76 @@ def test_a_broker_call_is_retried_while_the_leader_is_not_elected():
     assert len(calls) == 1
 
 
+class _Holding(Stage):
+    """A stage holding records across batches through the runner's hooks."""
+
+    name = "holding"
+    inputs = (Input("in"),)
+
+    def __init__(self) -> None:
+        self.floor: int | None = None
+        self.wake_at: float | None = None
+        self.woken: list[int] = []
+        self.forgotten: list[tuple[str, int]] = []
+
+    def process(self, records: Sequence[Record], stores: Mapping[tuple[str, int], Store],
+                now_ms: int) -> list[Out]:
+        return []
+
+    def commit_floor(self, topic: str, partition: int) -> int | None:
+        return self.floor
+
+    def next_wake_ms(self) -> float | None:
+        return self.wake_at
+
+    def wake(self, now_ms: int) -> list[Out]:
+        self.woken.append(now_ms)
+        self.wake_at = None
+        return [Out("out", "k", b"v")]
+
+    def forget(self, partitions: Sequence[tuple[str, int]]) -> None:
+        self.forgotten += partitions
+
+
+class _Consumer:
+    """The part of confluent_kafka.Consumer the runner's checkpoint and flow call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[tuple[str, int, int]]]] = []
+
+    def _log(self, what: str, tps: list[TopicPartition]) -> None:
+        self.calls.append((what, [(tp.topic, tp.partition, tp.offset) for tp in tps]))
+
+    def commit(self, offsets: list[TopicPartition], asynchronous: bool) -> None:
+        self._log("commit", offsets)
+
+    def pause(self, tps: list[TopicPartition]) -> None:
+        self._log("pause", tps)
+
+    def resume(self, tps: list[TopicPartition]) -> None:
+        self._log("resume", tps)
+
+    def seek(self, tp: TopicPartition) -> None:
+        self._log("seek", [tp])
+
+
 class _Producer:
-    """The part of confluent_kafka.Producer the runner's produce path uses."""
+    def __init__(self) -> None:
+        self.produced: list[str] = []
+
+    def produce(self, topic: str, *_: object, **__: object) -> None:
+        self.produced.append(topic)
+
+    def poll(self, _timeout: float) -> int:
+        return 0
+
+    def flush(self, _timeout: float) -> int:
+        return 0
+
+
+class _Recorder:
+    """The part of confluent_kafka.Producer the runner's produce path uses, recording
+    (topic, key, value)."""
 
     def __init__(self) -> None:
         self.produced: list[tuple[str, str, bytes]] = []
@@ -150,7 +219,7 @@ def test_view_records_wait_for_the_checkpoint_and_only_each_keys_last_goes_out(
     settings = load_settings(kafka_bootstrap_servers="127.0.0.1:1", topic_prefix="t.",
                              state_dir=str(tmp_path))
     runner = StageRunner(settings, _Views())
-    producer = _Producer()
+    producer = _Recorder()
     runner._producer = producer  # type: ignore[assignment]
     runner._assigned = {("t.in", 0)}
     runner._process([_Keyed(0, "a"), _Keyed(1, "b"), _Keyed(2, "a")])
@@ -164,3 +233,96 @@ def test_view_records_wait_for_the_checkpoint_and_only_each_keys_last_goes_out(
     producer.produced.clear()
     runner._produce_views()  # nothing new since: nothing written again
     assert producer.produced == []
+
+
+def _holding_runner(tmp_path: Path, clock_s: float = 1_000.0
+                    ) -> tuple[StageRunner, _Holding, _Consumer]:
+    settings = load_settings(kafka_bootstrap_servers="127.0.0.1:1", topic_prefix="t.",
+                             state_dir=str(tmp_path))
+    stage = _Holding()
+    runner = StageRunner(settings, stage, clock=lambda: clock_s)
+    consumer = _Consumer()
+    runner._consumer = consumer  # type: ignore[assignment]
+    runner._producer = _Producer()  # type: ignore[assignment]
+    runner._assigned = {("t.in", 0)}
+    return runner, stage, consumer
+
+
+def test_the_checkpoint_commits_no_further_than_the_stages_commit_floor(tmp_path: Path):
+    """A record the stage still holds (offset 5) is not committed past, though later ones
+    were processed; once nothing is held, everything processed is committed."""
+    runner, stage, consumer = _holding_runner(tmp_path)
+    runner._process([_Msg("t.in", 0, 5), _Msg("t.in", 0, 6)])
+    stage.floor = 5
+    runner.checkpoint()
+    stage.floor = None
+    runner.checkpoint()
+    assert consumer.calls == [("commit", [("t.in", 0, 5)]), ("commit", [("t.in", 0, 7)])]
+
+
+def test_a_stage_without_holding_hooks_commits_everything_processed(tmp_path: Path):
+    """The hooks' defaults leave the protocol as it was: commit the next offset to read."""
+    settings = load_settings(kafka_bootstrap_servers="127.0.0.1:1", topic_prefix="t.",
+                             state_dir=str(tmp_path))
+    runner = StageRunner(settings, _Seen())
+    consumer = _Consumer()
+    runner._consumer = consumer  # type: ignore[assignment]
+    runner._assigned = {("t.in", 0)}
+    runner._process([_Msg("t.in", 0, 5)])
+    runner.checkpoint()
+    assert consumer.calls == [("commit", [("t.in", 0, 6)])]
+    assert runner._until_wake(0.5) == 0.5
+
+
+def test_the_poll_wait_ends_when_held_work_comes_due(tmp_path: Path):
+    """The wait is cut to the stage's next wake, rounded up to the millisecond (librdkafka
+    waits whole ms; waking early would spin), never below zero; no wake: the wait stands."""
+    runner, stage, _ = _holding_runner(tmp_path, clock_s=1_000.0)
+    stage.wake_at = 1_000_006.2
+    assert runner._until_wake(0.5) == 0.007
+    stage.wake_at = 999_000.0
+    assert runner._until_wake(0.5) == 0.0
+    stage.wake_at = 1_900_000.0
+    assert runner._until_wake(0.5) == 0.5
+
+
+def test_held_work_come_due_is_produced_and_checkpointed(tmp_path: Path):
+    """wake() runs the stage's wake only once its time has come; its outputs are produced
+    and count as uncommitted work (the next checkpoint flushes them, then commits)."""
+    runner, stage, _ = _holding_runner(tmp_path, clock_s=1_000.0)
+    stage.wake_at = 1_000_001.0
+    runner.wake()
+    assert stage.woken == []
+    stage.wake_at = 1_000_000.0
+    runner.wake()
+    assert stage.woken == [1_000_000]
+    assert runner._producer.produced == ["t.out"]  # type: ignore[attr-defined]
+    assert runner._uncommitted == 1
+
+
+def test_a_stage_pauses_and_resumes_a_partition_from_an_offset(tmp_path: Path):
+    """The flow a stage is bound to pauses, resumes, and resumes from an offset (seek)."""
+    from pipeline.runtime.runner import _ConsumerFlow
+
+    consumer = _Consumer()
+    flow = _ConsumerFlow(consumer)  # type: ignore[arg-type]
+    flow.pause("t.in", 3)
+    flow.resume("t.in", 3)
+    flow.resume("t.in", 3, 42)
+    assert [(what, tps[0][:2], tps[0][2] if what == "seek" else None)
+            for what, tps in consumer.calls] == [
+        ("pause", ("t.in", 3), None), ("resume", ("t.in", 3), None),
+        ("resume", ("t.in", 3), None), ("seek", ("t.in", 3), 42)]
+
+
+def test_partitions_revoked_or_lost_are_forgotten_by_the_stage(tmp_path: Path):
+    """What a stage holds of a partition no longer ours is dropped (its new owner re-reads
+    it from the committed offset): on revocation after the checkpoint, and on loss."""
+    runner, stage, consumer = _holding_runner(tmp_path)
+    runner._assigned = {("t.in", 0), ("t.in", 1)}
+    runner._process([_Msg("t.in", 0, 5)])
+    stage.floor = 5
+    runner._on_revoke(None, [TopicPartition("t.in", 0)])  # type: ignore[arg-type]
+    runner._on_lost(None, [TopicPartition("t.in", 1)])  # type: ignore[arg-type]
+    assert consumer.calls == [("commit", [("t.in", 0, 5)])]
+    assert stage.forgotten == [("t.in", 0), ("t.in", 1)]
