@@ -11,9 +11,10 @@ One :class:`StageRunner` runs one :class:`~pipeline.runtime.stage.Stage` in cons
 4. **Checkpoint** every ``commit_interval_s`` or ``checkpoint_records`` records, in this order
    (at-least-once; each step's failure stops the worker before the next, and the supervisor
    restarts it):
-   a. sweep expired entries of every store (tombstones); produce the last record per key of
-      every compacted view output (:attr:`~pipeline.runtime.stage.Out.view`) since the last
-      checkpoint;
+   a. sweep expired entries of every store (tombstones; an idle worker sweeps every
+      ``commit_interval_s`` too, and checkpoints only when that removed something); produce
+      the last record per key of every compacted view output
+      (:attr:`~pipeline.runtime.stage.Out.view`) since the last checkpoint;
    b. produce **one changelog record per dirty key** to the store's compacted changelog topic,
       on the input's partition number, headed with the input offset being committed;
    c. flush the producer and check every delivery report: any failure stops the worker;
@@ -25,15 +26,29 @@ One :class:`StageRunner` runs one :class:`~pipeline.runtime.stage.Stage` in cons
    e. tell the stores their changes are durable (a disk store writes them now, with the
       changelog end offset, so its local copy never runs ahead of the changelog).
 
+   A store whose changelog is a topic the stage writes itself (``StoreSpec.changelog``:
+   dispatch's journal) gets no records in step b: the stage's outputs are its changelog, and
+   step c acknowledges them before step e writes the entries locally.
+
 5. **Held records** (a stage that holds records across batches, the delay-tier scheduler;
    every hook defaults to "nothing held"): the stage may pause a partition and resume it,
-   optionally from an offset (:class:`~pipeline.runtime.stage.Flow`, given once through
-   ``Stage.bind``), to bound what it holds or to park a partition whose next record is far
-   off; the checkpoint commits each partition no further than ``Stage.commit_floor``, so a
-   held record is re-read after a crash, never lost; the poll's wait ends at
-   ``Stage.next_wake_ms`` (to the millisecond: pacing), when ``Stage.wake`` produces what came
-   due, checkpointed like a batch's outputs; and ``Stage.forget`` drops what it holds of
-   partitions revoked (after the checkpoint) or lost.
+   optionally from an offset (``pause``/``resume`` of the
+   :class:`~pipeline.runtime.stage.Runtime` given through ``Stage.open``), to bound what it
+   holds or to park a partition whose next record is far off; the checkpoint commits each
+   partition no further than ``Stage.commit_floor``, so a held record is re-read after a crash,
+   never lost; the poll's wait ends at ``Stage.next_wake_ms`` (to the millisecond: pacing), when
+   ``Stage.wake`` produces what came due, checkpointed like a batch's outputs; and
+   ``Stage.forget`` drops what it holds of partitions revoked (after the checkpoint) or lost.
+
+**Hooks for stages with I/O of their own** (:class:`~pipeline.runtime.stage.Runtime`, the
+runner itself, handed over by :meth:`~pipeline.runtime.stage.Stage.open` before it
+subscribes):
+``durable()`` runs step c on demand inside ``process`` (a write-ahead barrier: dispatch's
+ATTEMPTING entries are on the broker before any carrier call); ``emit(outs)`` produces records
+that arrive outside a batch, from any thread (carrier receipts), checked at the next step c.
+A batch's input offsets become committable only once ``process`` returned; after a failed
+batch or checkpoint the worker stops without checkpointing again (the revocation on close
+drops the partitions' state), so nothing of the failed batch is committed or stored.
 
 **Punctuation** (timers kept in the stores, see :mod:`pipeline.runtime.stage`): at most every
 ``punctuate_interval_s``, whether records arrive or not (the poll's wait ends at the next
@@ -56,7 +71,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -83,7 +98,7 @@ from pipeline.metrics import (
 )
 from pipeline.producing import produce_waiting
 from pipeline.runtime.membership import is_lost_membership
-from pipeline.runtime.stage import Flow, Out, Record, Stage, StoreSpec, header_value
+from pipeline.runtime.stage import Out, Record, Stage, StoreSpec, header_value
 from pipeline.runtime.store import DiskStore, MemoryStore, Store
 from pipeline.settings import Settings
 
@@ -132,13 +147,13 @@ class StageRunner:
         self._views: dict[tuple[str, str], Out] = {}
         self._delivery_errors: list[str] = []
         self._state_root = Path(settings.state_dir) / self.group
-        self._batch_max = settings.batch_max
+        self._batch_max = min(settings.batch_max, stage.batch_max or settings.batch_max)
+        self._failed = False  # a batch or checkpoint raised: never checkpoint after it
         self._batch_metric = RUNTIME_BATCH_RECORDS.labels(stage.name)
         self._changelog_metric = RUNTIME_CHANGELOG_RECORDS.labels(stage.name)
         self._checkpoint_metric = RUNTIME_CHECKPOINT_SECONDS.labels(stage.name)
         self._views_produced = RUNTIME_VIEW_RECORDS.labels(stage.name, "produced")
         self._views_superseded = RUNTIME_VIEW_RECORDS.labels(stage.name, "superseded")
-        stage.bind(_ConsumerFlow(self._consumer))
 
     # -- lifecycle --
 
@@ -147,6 +162,41 @@ class StageRunner:
         self._stop.set()
 
     def run(self) -> None:
+        try:
+            self.stage.open(self)
+            self._run()
+        except BaseException:
+            self._failed = True
+            raise
+        finally:
+            self._close()
+
+    def emit(self, outs: Sequence[Out]) -> None:
+        """Produce records that belong to no batch (see the module docstring); any thread."""
+        self._produce(outs)
+
+    def durable(self) -> None:
+        """Step c on demand: everything produced so far is acknowledged, or this raises."""
+        left = self._producer.flush(self.settings.flush_timeout_s)
+        if left or self._delivery_errors:
+            errors, self._delivery_errors = self._delivery_errors[:5], []
+            raise CheckpointError(f"{self.stage.name}: {left} records unacknowledged after "
+                                  f"{self.settings.flush_timeout_s} s; errors: {errors}")
+
+    def pause(self, topic: str, partition: int) -> None:
+        """Fetch nothing more of the partition until :meth:`resume` (a holding stage)."""
+        self._consumer.pause([TopicPartition(topic, partition)])
+
+    def resume(self, topic: str, partition: int, offset: int | None = None) -> None:
+        """Fetch the partition again, from ``offset`` when given (a seek)."""
+        if offset is None:
+            self._consumer.resume([TopicPartition(topic, partition)])
+            return
+        tp = TopicPartition(topic, partition, offset)
+        self._consumer.resume([tp])
+        self._consumer.seek(tp)
+
+    def _run(self) -> None:
         self._consumer.subscribe(list(self._inputs), on_assign=self._on_assign,
                                  on_revoke=self._on_revoke, on_lost=self._on_lost)
         _log.info("stage_running", stage=self.stage.name, group=self.group,
@@ -157,28 +207,29 @@ class StageRunner:
         tick = self.settings.punctuate_interval_s
         next_punctuation = time.monotonic() + tick
         waking = type(self.stage).next_wake_ms is not Stage.next_wake_ms
-        try:
-            while not self._stop.is_set():
-                wait = min(0.5, interval)
-                if punctuating:
-                    wait = max(0.0, min(wait, next_punctuation - time.monotonic()))
-                if waking:
-                    wait = self._until_wake(wait)
-                batch = self._poll(wait)
-                if batch:
-                    self._process(batch)
-                if waking:
-                    self.wake()
-                if punctuating and time.monotonic() >= next_punctuation:
-                    self.punctuate()
-                    next_punctuation = time.monotonic() + tick
-                if self._uncommitted and (time.monotonic() >= next_checkpoint or
-                                          self._uncommitted >= self.settings.checkpoint_records):
-                    self.checkpoint()
-                    next_checkpoint = time.monotonic() + interval
-            self.checkpoint()
-        finally:
-            self._close()
+        while not self._stop.is_set():
+            wait = min(0.5, interval)
+            if punctuating:
+                wait = max(0.0, min(wait, next_punctuation - time.monotonic()))
+            if waking:
+                wait = self._until_wake(wait)
+            batch = self._poll(wait)
+            if batch:
+                self._process(batch)
+            if waking:
+                self.wake()
+            if punctuating and time.monotonic() >= next_punctuation:
+                self.punctuate()
+                next_punctuation = time.monotonic() + tick
+            due = time.monotonic() >= next_checkpoint
+            if due and not self._uncommitted:
+                self._sweep_idle()
+            if self._uncommitted and (due or
+                                      self._uncommitted >= self.settings.checkpoint_records):
+                self.checkpoint()
+            if due:
+                next_checkpoint = time.monotonic() + interval
+        self.checkpoint()
 
     def _close(self) -> None:
         try:
@@ -190,8 +241,10 @@ class StageRunner:
         self._stores.clear()
         if self._restorer is not None:
             self._restorer.close()
-        self._producer.flush(30)
-        self.stage.close()
+        try:
+            self.stage.close()  # before the flush: what it emits while closing goes out too
+        finally:
+            self._producer.flush(30)
         _log.info("stage_stopped", stage=self.stage.name)
 
     # -- the loop --
@@ -223,13 +276,14 @@ class StageRunner:
             records.append(Record(topic, partition, offset,
                                   None if key is None else key.decode("utf-8", "replace"),
                                   msg.value(), msg.headers(), msg.timestamp()[1]))
-            positions[(topic, partition)] = offset + 1
         if not records:
             return
         self._batch_metric.observe(len(records))
         now_ms = int(self._clock() * 1000)
         outs = self.stage.process(records, self._stores, now_ms)
         self._produce(outs)
+        for record in records:  # committable only now that the batch is decided
+            positions[(record.topic, record.partition)] = record.offset + 1
         self._uncommitted += len(records)
 
     def _until_wake(self, wait_s: float) -> float:
@@ -263,7 +317,7 @@ class StageRunner:
             if outs or changed:
                 self._uncommitted += max(1, len(outs), changed)
 
-    def _produce(self, outs: list[Out]) -> None:
+    def _produce(self, outs: Sequence[Out]) -> None:
         produce = self._producer.produce
         names = self._topic_names
         views = self._views
@@ -275,11 +329,12 @@ class StageRunner:
                 continue
             topic = names[out.topic]
             try:
-                produce(topic, out.value, out.key, headers=out.headers or None,
+                produce(topic, out.value, out.key, out.partition, headers=out.headers or None,
                         timestamp=out.timestamp_ms)
             except BufferError:
                 produce_waiting(self._producer, topic, value=out.value, key=out.key,
-                                headers=out.headers or None, timestamp=out.timestamp_ms)
+                                partition=out.partition, headers=out.headers or None,
+                                timestamp=out.timestamp_ms)
         self._producer.poll(0)  # serve delivery reports (errors only)
 
     def _produce_views(self) -> None:
@@ -297,6 +352,15 @@ class StageRunner:
         if err is not None:
             self._delivery_errors.append(f"{msg.topic()}[{msg.partition()}]: {err.str()}")
 
+    def _sweep_idle(self) -> None:
+        """Step a for a worker with nothing to commit: expiry must not wait for traffic (an
+        idle dispatch still forgets journal entries past retention); a checkpoint follows only
+        when something expired."""
+        now_ms = int(self._clock() * 1000)
+        swept = sum(store.sweep(now_ms, _SWEEP_LIMIT) for store in self._stores.values())
+        if swept:
+            self._uncommitted = max(1, self._uncommitted)
+
     # -- checkpoint --
 
     def checkpoint(self) -> None:
@@ -308,20 +372,19 @@ class StageRunner:
         self._produce_views()
         for (topic, partition), store in self._stores.items():
             store.sweep(now_ms, _SWEEP_LIMIT)
-            source = str(self._positions.get((topic, partition), -1)).encode()
-            changelog = changelog_topic(self.settings, self.stage.name, store.name)
-            headers = [(H_SOURCE_OFFSET, source)]
-            for key, raw in store.changes(now_ms):
-                produce_waiting(self._producer, changelog, key=key, value=raw,
-                                partition=partition, headers=headers)
-                changed += 1
+            spec = self._inputs[topic].store
+            assert spec is not None
+            changelog = self._changelog(spec)
+            if spec.changelog is None:
+                source = str(self._positions.get((topic, partition), -1)).encode()
+                headers = [(H_SOURCE_OFFSET, source)]
+                for key, raw in store.changes(now_ms):
+                    produce_waiting(self._producer, changelog, key=key, value=raw,
+                                    partition=partition, headers=headers)
+                    changed += 1
             if isinstance(store, DiskStore):
                 disk.append((store, changelog))
-        left = self._producer.flush(self.settings.flush_timeout_s)
-        if left or self._delivery_errors:
-            errors, self._delivery_errors = self._delivery_errors[:5], []
-            raise CheckpointError(f"{self.stage.name}: {left} records unacknowledged after "
-                                  f"{self.settings.flush_timeout_s} s; errors: {errors}")
+        self.durable()
         floor = self.stage.commit_floor
         offsets = []
         for (t, p), o in self._positions.items():
@@ -371,7 +434,9 @@ class StageRunner:
                   partitions=[f"{tp.topic}[{tp.partition}]" for tp in partitions])
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        if self._stores or self._positions:
+        if self._failed:  # closing after a failure: the next owner re-reads from the commit
+            _log.warning("revoked_after_failure", stage=self.stage.name)
+        elif self._stores or self._positions:
             try:
                 self.checkpoint()
             except KafkaException as exc:
@@ -409,11 +474,11 @@ class StageRunner:
         """A partition's store rebuilt from its changelog, up to the committed input offset."""
         started = time.perf_counter()
         store = self._open(spec, tp.partition)
-        changelog = TopicPartition(changelog_topic(self.settings, self.stage.name, spec.name),
-                                   tp.partition)
+        changelog = TopicPartition(self._changelog(spec), tp.partition)
         committed = retrying(lambda: self._consumer.committed(
             [TopicPartition(tp.topic, tp.partition)], timeout=30)[0].offset)
-        applied, skipped = restore(store, self._restorer_consumer(), changelog, committed)
+        applied, skipped = restore(store, self._restorer_consumer(), changelog, committed,
+                                   entry=spec.entry)
         seconds = time.perf_counter() - started
         RUNTIME_RESTORED_KEYS.labels(self.stage.name, spec.name).inc(applied)
         _log.info("store_restored", stage=self.stage.name, store=spec.name,
@@ -421,6 +486,12 @@ class StageRunner:
                   seconds=round(seconds, 3),
                   records_per_s=round(applied / seconds) if seconds > 0 else None)
         return store
+
+    def _changelog(self, spec: StoreSpec) -> str:
+        """Full name of a store's changelog: the runner's own, or the stage's topic."""
+        if spec.changelog is not None:
+            return self._topic_names[spec.changelog]
+        return changelog_topic(self.settings, self.stage.name, spec.name)
 
     def _restorer_consumer(self) -> Consumer:
         if self._restorer is None:
@@ -473,24 +544,6 @@ def restore(store: Store, restorer: Consumer, changelog: TopicPartition,
     if isinstance(store, DiskStore):
         store.restored(high)
     return applied, skipped
-
-
-class _ConsumerFlow(Flow):
-    """A stage's :class:`~pipeline.runtime.stage.Flow` on the runner's consumer."""
-
-    def __init__(self, consumer: Consumer) -> None:
-        self._consumer = consumer
-
-    def pause(self, topic: str, partition: int) -> None:
-        self._consumer.pause([TopicPartition(topic, partition)])
-
-    def resume(self, topic: str, partition: int, offset: int | None = None) -> None:
-        if offset is None:
-            self._consumer.resume([TopicPartition(topic, partition)])
-            return
-        tp = TopicPartition(topic, partition, offset)
-        self._consumer.resume([tp])
-        self._consumer.seek(tp)
 
 
 class _TopicNames(dict[str, str]):

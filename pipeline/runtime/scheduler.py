@@ -41,7 +41,7 @@ from pipeline.runtime.delay import (
     tier_topic,
 )
 from pipeline.runtime.pacing import Pacers
-from pipeline.runtime.stage import Flow, Input, Out, Record, Stage
+from pipeline.runtime.stage import Input, Out, Record, Runtime, Stage
 from pipeline.runtime.store import Store
 from pipeline.settings import Settings
 from pipeline.stages.ratelimit.gcra import Limit
@@ -97,7 +97,7 @@ class Scheduler(Stage):
 
     def __init__(self, settings: Settings) -> None:
         self._tiers = {settings.topic(tier_topic(i)): i for i in range(len(TIER_DELAYS_MS))}
-        self._flow: Flow | None = None
+        self._runtime: Runtime | None = None
         self._parts: dict[PartitionKey, _Partition] = {}
         self._pacers: Pacers[tuple[PartitionKey, Record, str]] = Pacers(_PACER_IDLE_MS)
         self._timers: list[tuple[float, int, PartitionKey, Record, str, Pace | None]] = []
@@ -116,8 +116,8 @@ class Scheduler(Stage):
 
     # -- the runner's hooks --
 
-    def bind(self, flow: Flow) -> None:
-        self._flow = flow
+    def open(self, runtime: Runtime) -> None:
+        self._runtime = runtime
 
     def process(self, records: Sequence[Record], stores: Mapping[tuple[str, int], Store],
                 now_ms: int) -> list[Out]:
@@ -164,8 +164,8 @@ class Scheduler(Stage):
             self._pause(key, part)
 
     def _pause(self, key: PartitionKey, part: _Partition) -> None:
-        assert self._flow is not None, "bind() first"
-        self._flow.pause(*key)
+        assert self._runtime is not None, "open() first"
+        self._runtime.pause(*key)
         part.paused = True
 
     def _park(self, key: PartitionKey, part: _Partition, record: Record,
@@ -186,8 +186,8 @@ class Scheduler(Stage):
             if part.wake_ms > now_ms:
                 next_wake = min(next_wake, part.wake_ms)
                 continue
-            assert self._flow is not None, "bind() first"
-            self._flow.resume(*key, part.parked_at)
+            assert self._runtime is not None, "open() first"
+            self._runtime.resume(*key, part.parked_at)
             # Everything before the parked record was taken off or is still in ``records``.
             part.next_offset = part.parked_at
             part.parked_at = None
@@ -260,8 +260,8 @@ class Scheduler(Stage):
         for key, part in self._parts.items():
             if (part.paused and part.parked_at is None
                     and len(part.records) + len(part.held) < MAX_BUFFERED // 2):
-                assert self._flow is not None, "bind() first"
-                self._flow.resume(*key)
+                assert self._runtime is not None, "open() first"
+                self._runtime.resume(*key)
                 part.paused = False
 
 

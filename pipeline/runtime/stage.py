@@ -16,11 +16,16 @@ key's state (it may book the timer again). Guarantee: a timer fires at least onc
 its due time, on whichever member owns the partition then (the timer is part of the entry, so a
 restored store has it); a crash between the firing and the next checkpoint fires it again,
 with the same state, so ``on_timer`` must give the same outputs for the same state.
+
+**Stages with I/O of their own** (dispatch: carrier calls on an asyncio loop) get the runner as a
+:class:`Runtime` in :meth:`Stage.open`: ``durable()`` is a write-ahead barrier inside
+:meth:`Stage.process` (what was emitted so far is on the broker before the stage acts on the
+outside world), ``emit()`` produces records that arrive outside any batch (carrier receipts).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -36,11 +41,11 @@ from pipeline.runtime.store import KeyState, Store
 
 __all__ = [
     "PUNCTUATE_LIMIT",
-    "Flow",
     "Input",
     "KeyedStage",
     "Out",
     "Record",
+    "Runtime",
     "Stage",
     "StoreSpec",
     "header_value",
@@ -68,6 +73,9 @@ class Out:
     headers: Headers = field(default_factory=list)
     timestamp_ms: int = 0  # 0: librdkafka stamps the produce time
     view: bool = False
+    #: -1: the partition of the key (murmur2). A store's own changelog written by the stage
+    #: (dispatch's journal) names the input's partition, as the runner's changelogs do.
+    partition: int = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,11 +84,19 @@ class StoreSpec:
 
     ``ttl_s``: an entry not written for this long is gone; ``None`` only for stores whose key
     space is bounded by configuration (rate-limit buckets). ``disk``: RocksDB instead of memory.
+
+    ``changelog``: a topic (catalogue short name) the stage itself writes as its outputs and that
+    serves as this store's changelog (dispatch's journal: it must be on the broker before a
+    carrier call, not at the next checkpoint). The runner then restores the store from it,
+    turning each record into an entry with ``entry`` (None drops the key), and writes no
+    changelog records of its own for the store (expiry stays local: the topic is the truth).
     """
 
     name: str
     ttl_s: float | None
     disk: bool = False
+    changelog: str | None = None
+    entry: Callable[[bytes | None], bytes | None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,8 +134,17 @@ class Record:
         return header_value(self.headers, name)
 
 
-class Flow(Protocol):
-    """What a stage may ask of the fetching of its input partitions (the runner's consumer)."""
+class Runtime(Protocol):
+    """What the runner offers a stage (see the module docstring): records outside a batch, a
+    write-ahead barrier, and flow control of its input partitions."""
+
+    def emit(self, outs: Sequence[Out]) -> None:
+        """Produce ``outs`` now; callable from any thread. Their delivery is checked at the
+        next ``durable()`` or checkpoint; they are tied to no input offset."""
+
+    def durable(self) -> None:
+        """Flush the producer and raise :class:`~pipeline.errors.CheckpointError` on any
+        failed delivery (checkpoint step c). Only from the runner's thread (in ``process``)."""
 
     def pause(self, topic: str, partition: int) -> None:
         """Fetch nothing more of the partition until :meth:`resume`."""
@@ -134,13 +159,21 @@ class Stage:
 
     A stage that holds records across batches (the delay-tier scheduler: records due soon,
     paced releases, parked partitions) also overrides the holding hooks below
-    (:meth:`bind`, :meth:`commit_floor`, :meth:`next_wake_ms`, :meth:`wake`, :meth:`forget`);
+    (:meth:`commit_floor`, :meth:`next_wake_ms`, :meth:`wake`, :meth:`forget`; it pauses and
+    resumes partitions through the :class:`Runtime` given to :meth:`open`);
     their defaults leave the runner's protocol as it is for every other stage.
     """
 
     #: stage name: consumer group ``<prefix><name>``, dead letters to ``dlq-<name>``.
     name: str = ""
     inputs: tuple[Input, ...] = ()
+    #: most records per batch when lower than ``TELEX_BATCH_MAX`` (dispatch: a batch bounds the
+    #: duplicates a crash can cause); None: the setting.
+    batch_max: int | None = None
+
+    def open(self, runtime: Runtime) -> None:
+        """Called once by the runner before it subscribes: start what the stage holds
+        (connections, threads) and keep ``runtime`` for its hooks. Default: nothing."""
 
     def process(self, records: Sequence[Record], stores: Mapping[tuple[str, int], Store],
                 now_ms: int) -> list[Out]:
@@ -155,11 +188,6 @@ class Stage:
         return []
 
     # -- holding records across batches (defaults: nothing held) --
-
-    def bind(self, flow: Flow) -> None:
-        """Called once by the runner: ``flow`` pauses and resumes (optionally from an offset)
-        this stage's input partitions, to bound what it holds or to park a partition whose
-        next record is far off."""
 
     def commit_floor(self, topic: str, partition: int) -> int | None:
         """The lowest offset of the partition still held undecided (its outputs not yet

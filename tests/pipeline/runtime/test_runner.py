@@ -175,8 +175,84 @@ class _Recorder:
     def __init__(self) -> None:
         self.produced: list[tuple[str, str, bytes]] = []
 
-    def produce(self, topic: str, value: bytes, key: str, **_: object) -> None:
+    def produce(self, topic: str, value: bytes, key: str, *_: object, **__: object) -> None:
         self.produced.append((topic, key, value))
+
+    def poll(self, _timeout: float) -> int:
+        return 0
+
+
+def _settings(tmp_path: Path):  # type: ignore[no-untyped-def]
+    return load_settings(kafka_bootstrap_servers="127.0.0.1:1", topic_prefix="t.",
+                         state_dir=str(tmp_path))
+
+
+class _Failing(_Seen):
+    def process(self, records: Sequence[Record], stores: Mapping[tuple[str, int], Store],
+                now_ms: int) -> list[Out]:
+        raise ValueError("decision failed")
+
+
+def test_a_batch_whose_process_raises_is_not_committable(tmp_path: Path):
+    """A batch's offsets become committable only once the stage decided it: a failed batch
+    (e.g. dispatch's write-ahead barrier refused) must be read again, not committed on close."""
+    runner = StageRunner(_settings(tmp_path), _Failing())
+    runner._assigned = {("t.in", 0)}
+    runner._positions = {("t.in", 0): 5}
+    with pytest.raises(ValueError):
+        runner._process([_Msg("t.in", 0, 5), _Msg("t.in", 0, 6)])
+    assert runner._positions == {("t.in", 0): 5}
+
+
+def test_a_revocation_after_a_failure_drops_state_without_checkpointing(tmp_path: Path):
+    """After a failed batch or checkpoint the revocation on close must not flush, commit or
+    write stores: it only drops the partitions (their next owner restores and re-reads)."""
+    from confluent_kafka import TopicPartition
+
+    runner = StageRunner(_settings(tmp_path), _Seen())
+    runner._assigned = {("t.in", 0)}
+    runner._positions = {("t.in", 0): 7}
+    runner._failed = True
+    runner.checkpoint = lambda: pytest.fail("checkpoint after a failure")  # type: ignore[method-assign]
+    runner._on_revoke(runner._consumer, [TopicPartition("t.in", 0)])
+    assert runner._assigned == set() and runner._positions == {}
+
+
+def test_durable_raises_on_a_failed_delivery(tmp_path: Path):
+    """The write-ahead barrier a stage calls inside process: any delivery error reported so
+    far (by the broker, through the producer's callback) stops the batch before it acts."""
+    from pipeline.errors import CheckpointError
+
+    runner = StageRunner(_settings(tmp_path), _Seen())
+    runner.durable()  # nothing produced, nothing failed
+    runner._delivery_errors.append("t.out[0]: Broker: Message size too large")
+    with pytest.raises(CheckpointError, match="too large"):
+        runner.durable()
+    runner.durable()  # reported once
+
+
+def test_emit_produces_from_another_thread_and_with_an_explicit_partition(tmp_path: Path):
+    """Records that belong to no batch (carrier receipts) are produced from the stage's own
+    thread; an Out naming a partition (a store's own changelog) goes to that partition."""
+    import threading
+
+    runner = StageRunner(_settings(tmp_path), _Seen())
+    produced: list[tuple[str, int]] = []
+    runner._producer = _RecordingProducer(produced)  # type: ignore[assignment]
+    thread = threading.Thread(target=runner.emit, args=(
+        [Out("receipts", "k", b"v"), Out("journal", "k", b"v", partition=3)],))
+    thread.start()
+    thread.join()
+    assert produced == [("t.receipts", -1), ("t.journal", 3)]
+
+
+class _RecordingProducer:
+    def __init__(self, produced: list[tuple[str, int]]) -> None:
+        self._produced = produced
+
+    def produce(self, topic: str, value: bytes, key: str, partition: int = -1,
+                **_: object) -> None:
+        self._produced.append((topic, partition))
 
     def poll(self, _timeout: float) -> int:
         return 0
@@ -301,14 +377,11 @@ def test_held_work_come_due_is_produced_and_checkpointed(tmp_path: Path):
 
 
 def test_a_stage_pauses_and_resumes_a_partition_from_an_offset(tmp_path: Path):
-    """The flow a stage is bound to pauses, resumes, and resumes from an offset (seek)."""
-    from pipeline.runtime.runner import _ConsumerFlow
-
-    consumer = _Consumer()
-    flow = _ConsumerFlow(consumer)  # type: ignore[arg-type]
-    flow.pause("t.in", 3)
-    flow.resume("t.in", 3)
-    flow.resume("t.in", 3, 42)
+    """The runtime a stage is given pauses, resumes, and resumes from an offset (seek)."""
+    runner, _, consumer = _holding_runner(tmp_path)
+    runner.pause("t.in", 3)
+    runner.resume("t.in", 3)
+    runner.resume("t.in", 3, 42)
     assert [(what, tps[0][:2], tps[0][2] if what == "seek" else None)
             for what, tps in consumer.calls] == [
         ("pause", ("t.in", 3), None), ("resume", ("t.in", 3), None),
@@ -326,3 +399,57 @@ def test_partitions_revoked_or_lost_are_forgotten_by_the_stage(tmp_path: Path):
     runner._on_lost(None, [TopicPartition("t.in", 1)])  # type: ignore[arg-type]
     assert consumer.calls == [("commit", [("t.in", 0, 5)])]
     assert stage.forgotten == [("t.in", 0), ("t.in", 1)]
+
+
+def test_a_store_with_its_own_changelog_restores_from_it_and_gets_no_changelog_records(
+    tmp_path: Path
+):
+    """A store whose changelog is a topic the stage writes (dispatch's journal) is restored
+    from that topic, and a checkpoint writes no runtime changelog records for it."""
+    from pipeline.runtime.stage import StoreSpec
+    from pipeline.runtime.store import MemoryStore
+
+    class _Own(_Seen):
+        inputs = (Input("in", StoreSpec("s", None, changelog="own-topic")),)
+
+    runner = StageRunner(_settings(tmp_path), _Own())
+    spec = runner._inputs["t.in"].store
+    assert spec is not None and runner._changelog(spec) == "t.own-topic"
+    store = MemoryStore("s", 0, None)
+    store.put("k", {"v": 1}, 0)
+    runner._stores[("t.in", 0)] = store
+    produced: list[tuple[str, int]] = []
+    runner._producer = _RecordingProducer(produced)  # type: ignore[assignment]
+    runner._producer.flush = lambda _t: 0  # type: ignore[attr-defined]
+    runner.checkpoint()  # no offsets to commit: stops after telling the store
+    assert produced == [] and store.dirty_count() == 0
+
+
+def test_an_idle_worker_sweeps_and_checkpoints_only_when_something_expired(tmp_path: Path):
+    """Expiry does not wait for traffic (an idle dispatch forgets journal entries past
+    retention): an idle sweep that removes an entry makes a checkpoint due; one that removes
+    nothing does not."""
+    from pipeline.runtime.store import MemoryStore
+
+    now_s = 1_000.0
+    runner = StageRunner(_settings(tmp_path), _Seen(), clock=lambda: now_s)
+    store = MemoryStore("s", 0, 1_000)
+    store.put("k", {"v": 1}, int(now_s * 1000) - 500)
+    runner._stores[("t.in", 0)] = store
+    runner._sweep_idle()
+    assert runner._uncommitted == 0
+    now_s += 1.0
+    runner._sweep_idle()
+    assert runner._uncommitted == 1 and store.get("k", int(now_s * 1000)) is None
+
+
+def test_a_stage_batch_cap_below_the_setting_bounds_the_poll(tmp_path: Path):
+    """A stage's own batch_max (dispatch: a batch bounds a crash's duplicates) wins when it
+    is lower than TELEX_BATCH_MAX; it never raises it."""
+
+    class _Small(_Seen):
+        batch_max = 200
+
+    assert StageRunner(_settings(tmp_path), _Small())._batch_max == 200
+    _Small.batch_max = 10**6
+    assert StageRunner(_settings(tmp_path), _Small())._batch_max == 2_000

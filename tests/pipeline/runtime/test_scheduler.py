@@ -25,7 +25,7 @@ class _Flow:
 
 def _scheduler() -> tuple[Scheduler, _Flow]:
     scheduler, flow = Scheduler(SETTINGS), _Flow()
-    scheduler.bind(flow)
+    scheduler.open(flow)  # type: ignore[arg-type]
     return scheduler, flow
 
 
