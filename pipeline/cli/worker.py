@@ -4,9 +4,16 @@
 deploy stages apart). ``telex worker`` runs every stage in one worker, as a Kafka Streams
 instance runs its whole topology: the batch stages on threads of this process, each for the
 partitions its group gives this process (the delay-tier scheduler among them); the service
-stages (dispatch, webhooks) as supervised child processes, each started only when its settings
-are present. More
+stages (webhooks) and the batch stages marked ``own_process`` (dispatch) as supervised children
+running ``telex worker STAGE``, each started only when its settings are present. More
 ``telex worker`` processes, on this machine or others, share the partitions.
+
+Why dispatch is a child although it is a batch stage: it holds the carrier sessions, whose
+asyncio loop must read submit responses and answer deliver_sm/enquire_link while batches are
+decided. Threads of one process share the GIL, and one 2,000-record ingest batch is ~0.34 s of
+Python (169 µs per message, ADR 0003): on a thread beside the other stages, every submit in
+flight would wait that long for its response to be read, and an SMPP window (20 to 50) would stay
+full. As a process it also gets the second core of a 2-core box and can be restarted alone.
 
 By default a supervisor restarts the worker after an error exit (see
 :mod:`pipeline.cli.supervise`); ``--no-supervise`` runs it in this process.
@@ -83,12 +90,13 @@ def _runner(spec: registry.StageSpec, settings: Settings):  # type: ignore[no-un
 
 
 def run_topology(settings: Settings) -> int:
-    """Every batch stage on a thread of this process; every service stage whose settings are
-    present as a supervised child. Stops everything when one batch stage fails, so the
-    supervisor restarts the whole worker (each stage resumes from its last checkpoint)."""
+    """Every batch stage on a thread of this process; every service stage (and batch stage of
+    its own process) whose settings are present as a supervised child. Stops everything when
+    one batch stage fails, so the supervisor restarts the whole worker (each stage resumes from
+    its last checkpoint)."""
     wanted = [s for s in registry.STAGES if s.needs is None or getattr(settings, s.needs)]
-    batch = [s for s in wanted if s.kind == "batch"]
-    services = [s for s in wanted if s.kind == "service"]
+    batch = [s for s in wanted if s.kind == "batch" and not s.own_process]
+    services = [s for s in wanted if s.kind == "service" or s.own_process]
     runners = [_runner(s, settings) for s in batch]
     children = [subprocess.Popen([sys.executable, "-m", "pipeline.cli.main", "worker", s.name],
                                  preexec_fn=die_with_parent()) for s in services]

@@ -7,7 +7,8 @@ read it without loading every stage.
 
 Two kinds of stage:
 - ``batch``: a :class:`~pipeline.runtime.stage.Stage` run by
-  :class:`~pipeline.runtime.runner.StageRunner`; the entry point builds it from settings;
+  :class:`~pipeline.runtime.runner.StageRunner`; the entry point builds it from settings
+  (``own_process``: the whole-topology worker runs it as a child process, not a thread);
 - ``service``: a process with its own loop (timers, carrier I/O, HTTP, a database); the entry
   point is ``run(settings) -> int``.
 """
@@ -48,6 +49,11 @@ class StageSpec:
     needs: str | None = None  # a setting without which the stage is not started by `telex worker`
     optional: bool = False  # the pipeline delivers without it (health does not require it)
     description: str = ""
+    #: a batch stage the whole-topology worker runs as a child process (see pipeline.cli.worker)
+    own_process: bool = False
+    #: (store, topic): a store whose changelog is a topic of the catalogue the stage writes
+    #: itself (StoreSpec.changelog), instead of ``<stage>-<store>-changelog``
+    own_changelogs: tuple[tuple[str, str], ...] = ()
 
     @property
     def dead_letter(self) -> str:
@@ -57,6 +63,10 @@ class StageSpec:
     def group(self, settings: Settings) -> str:
         """Consumer group of the stage (also its topic-prefixed identity)."""
         return settings.topic(self.name)
+
+    def changelog(self, store: str) -> str:
+        """Catalogue short name of a store's changelog topic."""
+        return dict(self.own_changelogs).get(store, f"{self.name}-{store}-changelog")
 
     def load(self) -> Callable[..., Any]:
         module, _, attr = self.entry.partition(":")
@@ -74,8 +84,9 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec("scheduler", "batch", "pipeline.runtime.scheduler:build",
               tuple(f"delay-t{i}" for i in range(10)),
               description="releases delayed records when due"),
-    StageSpec("dispatch", "service", "pipeline.stages.dispatch.stage:run", ("dispatch-ready",),
-              needs="carriers_file",
+    StageSpec("dispatch", "batch", "pipeline.stages.dispatch.stage:build", ("dispatch-ready",),
+              ("journal",), needs="carriers_file", own_process=True,
+              own_changelogs=(("journal", "dispatch-journal"),),
               description="submits to carriers through the connectors"),
     StageSpec("reconcile", "batch", "pipeline.stages.reconcile.stage:build", ("carrier-receipts",),
               ("match",),
@@ -117,5 +128,8 @@ RESERVED_DEAD_LETTERS = ("dlq-callbacks",)
 
 
 def changelogs() -> tuple[tuple[str, str], ...]:
-    """(stage, store) of every store: each has a compacted changelog topic."""
-    return tuple((s.name, store) for s in STAGES for store in s.stores)
+    """(stage, store) of every store with a runtime changelog topic
+    (``<stage>-<store>-changelog``, compacted); stores whose changelog is a topic the stage
+    writes itself (dispatch's journal) are left out: the catalogue has that topic already."""
+    return tuple((s.name, store) for s in STAGES for store in s.stores
+                 if store not in dict(s.own_changelogs))

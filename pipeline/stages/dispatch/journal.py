@@ -4,9 +4,12 @@ a bounded retention, per assigned partition.
 The ``dispatch-journal`` topic (compacted, keyed by message id, partitioned like
 ``dispatch-ready``) is the truth and the store's changelog: every entry is produced there first
 (ATTEMPTING flushed before any carrier call), and each assigned partition's copy is a RocksDB
-store (:class:`~pipeline.runtime.store.DiskStore`) rebuilt from that partition, replaying only
-what follows its locally checkpointed offset. The topic itself is never tombstoned by
-retention: ``telex dlq replay`` reads it to judge a replay, whatever dispatch has forgotten.
+store (:class:`~pipeline.runtime.store.DiskStore`) that the batch runtime opens, restores and
+checkpoints like any stage store (:func:`store_spec`: the topic is the store's changelog in
+another format, so the runtime writes no changelog of its own and :func:`entry_of` turns each
+journal record into a store entry), replaying only what follows its locally checkpointed
+offset. The topic itself is never tombstoned by retention (expiry is local to the store):
+``telex dlq replay`` reads it to judge a replay, whatever dispatch has forgotten.
 
 **Retention** (``TELEX_JOURNAL_RETENTION_S``; by default the longest of the windows below),
 counted from the entry's ``at_ms``, so a restore ages entries exactly as the first run did.
@@ -30,7 +33,7 @@ So the default is ``max(dedup window, validity max + longest retry * 1.2, in-dou
 Risk accepted: a dispatch outage longer than the retention, with an in-doubt ATTEMPTING entry,
 resolves that message as a first attempt (for SMS the same as the in-doubt policy, RESEND).
 
-Memory: entries live on disk; what stays in memory is one checkpoint's pending writes, and
+Memory: entries live on disk; what stays in memory is one checkpoint's pending writes (1 s), and
 RocksDB's memtables and one block cache shared by every partition (bounded by the options
 below), not one dict entry per message as before.
 """
@@ -38,22 +41,18 @@ below), not one dict entry per message as before.
 from __future__ import annotations
 
 import time
-from pathlib import Path
-from typing import Any
-
-import structlog
-from confluent_kafka import Consumer, TopicPartition
+from collections.abc import Callable
 
 from pipeline.codec import AvroCodec
 from pipeline.records import VALIDITY_MAX_S
-from pipeline.runtime.runner import restore
-from pipeline.runtime.store import DiskStore, encode_entry
+from pipeline.runtime.stage import StoreSpec
+from pipeline.runtime.store import encode_entry
 from pipeline.settings import Settings
 
-log = structlog.get_logger("telex.dispatch")
+__all__ = ["STORE", "TOPIC", "entry_of", "retention_s", "store_spec"]
 
 STORE = "journal"
-_SWEEP_LIMIT = 50_000  # per partition and checkpoint: a backlog of expiries is spread out
+TOPIC = "dispatch-journal"
 
 
 def retention_s(settings: Settings) -> float:
@@ -65,111 +64,23 @@ def retention_s(settings: Settings) -> float:
                settings.in_doubt_window_s)
 
 
-class Journal:
-    """Latest journal entry per message id, for the partitions this worker owns.
+def entry_of(codec: AvroCodec, ttl_ms: int) -> Callable[[bytes | None], bytes | None]:
+    """Journal record → store entry for a restore, aged from the entry's own ``at_ms`` (so a
+    restore forgets exactly what the first run's sweeps did); None for a tombstone or an entry
+    past retention."""
 
-    Writes (:meth:`record`) are pending in memory until :meth:`checkpoint`, which dispatch calls
-    after a batch's outputs are flushed and its offsets committed; the journal records behind
-    them are on the broker by then (``delivered`` tells the journal where each partition's
-    changelog ends)."""
+    def entry(raw: bytes | None) -> bytes | None:
+        if raw is None:
+            return None
+        decoded = codec.decode(raw, expected="dispatch_journal_entry")
+        expires = int(decoded["at_ms"]) + ttl_ms
+        return encode_entry(decoded, expires) if expires > time.time_ns() // 1_000_000 else None
 
-    def __init__(self, settings: Settings, codec: AvroCodec) -> None:
-        self._settings = settings
-        self._codec = codec
-        self._topic = settings.topic("dispatch-journal")
-        self._ttl_ms = int(retention_s(settings) * 1000)
-        self._root = Path(settings.state_dir) / settings.topic("dispatch") / STORE
-        self._stores: dict[int, DiskStore] = {}
-        self._ends: dict[int, int] = {}  # partition -> changelog end after our last delivery
-
-    @property
-    def topic(self) -> str:
-        return self._topic
-
-    def owns(self, partition: int) -> bool:
-        return partition in self._stores
-
-    def get(self, partition: int, message_id: str) -> dict[str, Any] | None:
-        store = self._stores.get(partition)
-        if store is None:
-            raise KeyError(f"journal partition {partition} is not assigned here")
-        return store.get(message_id, _now_ms())
-
-    def record(self, partition: int, entry: dict[str, Any]) -> None:
-        """Keep ``entry`` (already produced to the journal topic) until retention ends."""
-        self._stores[partition].put(entry["message_id"], entry, int(entry["at_ms"]))
-
-    def delivered(self, partition: int, offset: int) -> None:
-        """A journal record of ``partition`` landed at ``offset``."""
-        if offset + 1 > self._ends.get(partition, -1):
-            self._ends[partition] = offset + 1
-
-    def checkpoint(self) -> int:
-        """Sweep expired entries and write pending ones to disk with the changelog offset they
-        reach. Call only when every journal record produced so far is acknowledged. Returns
-        the number of entries removed."""
-        now = _now_ms()
-        removed = 0
-        for partition, store in self._stores.items():
-            removed += store.sweep(now, _SWEEP_LIMIT)
-            store.checkpointed(self._ends.pop(partition, None))
-        return removed
-
-    def assign(self, partitions: list[int]) -> int:
-        """Open and restore the stores of newly assigned partitions; returns entries replayed."""
-        replayed = 0
-        for p in partitions:
-            if p not in self._stores:
-                store = DiskStore(STORE, p, self._ttl_ms, self._root / str(p))
-                replayed += self._restore(store)
-                self._stores[p] = store
-        return replayed
-
-    def revoke(self, partitions: list[int], *, durable: bool) -> None:
-        """Close revoked partitions' stores; ``durable``: their pending writes are on the
-        broker (else they are dropped, and the next owner replays them from the topic)."""
-        for p in partitions:
-            store = self._stores.pop(p, None)
-            end = self._ends.pop(p, None)
-            if store is not None:
-                if durable:
-                    store.checkpointed(end)
-                store.close()
-
-    def close(self) -> None:
-        self.revoke(list(self._stores), durable=False)
-
-    def entries(self, partition: int) -> list[str]:
-        """Message ids on disk for ``partition`` (swept entries excluded)."""
-        return list(self._stores[partition].keys_on_disk())
-
-    def _restore(self, store: DiskStore) -> int:
-        """Replay the journal partition after the store's checkpointed offset."""
-        started = time.perf_counter()
-        tp = TopicPartition(self._topic, store.partition)
-        consumer = Consumer({
-            **self._settings.kafka_config(), "group.id": self._settings.topic("dispatch.restore"),
-            "enable.auto.commit": False, "isolation.level": "read_committed",
-        })
-        now = _now_ms()
-
-        def entry(raw: bytes | None) -> bytes | None:
-            if raw is None:
-                return None  # a tombstone
-            decoded = self._codec.decode(raw, expected="dispatch_journal_entry")
-            expires = int(decoded["at_ms"]) + self._ttl_ms
-            return encode_entry(decoded, expires) if expires > now else None  # expired: drop
-
-        start = store.restore_from()
-        try:
-            applied, _ = restore(store, consumer, tp, entry=entry)
-        finally:
-            consumer.close()
-        log.info("journal_restored", partition=store.partition, records=applied,
-                 from_offset=start,
-                 seconds=round(time.perf_counter() - started, 3))
-        return applied
+    return entry
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
+def store_spec(settings: Settings, codec: AvroCodec) -> StoreSpec:
+    """The journal store of ``dispatch-ready``'s partitions: on disk, changelog = the topic."""
+    ttl_s = retention_s(settings)
+    return StoreSpec(STORE, ttl_s, disk=True, changelog=TOPIC,
+                     entry=entry_of(codec, int(ttl_s * 1000)))

@@ -1,28 +1,40 @@
 """Dispatch stage: where a message leaves Telex, once, or ends in an explained failure.
 
-A dedicated asyncio loop on confluent-kafka (not Quix Streams): carrier I/O is concurrent (an SMPP
-window of outstanding submits), and a synchronous call inside a Quix ``apply`` would stall the
-partition. Per batch of up to ``TELEX_DISPATCH_BATCH`` records from ``dispatch-ready``:
+A batch stage of the runtime (:class:`~pipeline.runtime.runner.StageRunner`, consumer group
+``<prefix>dispatch``), whose carrier I/O is concurrent: the connectors (``connectors/``) are
+asyncio clients, an SMPP window of outstanding submits per bind. They live on an event loop
+in a thread this stage owns (started by :meth:`DispatchStage.open`): a batch's submits are handed
+to it and run together while the runner's thread waits, and receipts arriving on a session are
+produced from that loop as they come, whatever the runner is doing (``Runtime.emit``). Kept
+apart from the runner's thread, the loop's sessions answer the SMSC (enquire_link,
+deliver_sm_resp) while a batch is being decided or a checkpoint flushes. Per batch of up to
+``TELEX_DISPATCH_BATCH`` records from ``dispatch-ready``:
 
 1. decide per record (pure, :mod:`pipeline.stages.dispatch.decision`): skip a message id the
    journal already finished (a duplicate release), resolve an in-doubt one, route the rest
    (:mod:`~pipeline.stages.dispatch.routing`: longest prefix, circuit breaker per connector,
    failover);
-2. journal ATTEMPTING for every record to submit, and flush: durable before any network call;
-3. submit them all concurrently through their connectors;
+2. journal ATTEMPTING for every record to submit, and ``Runtime.durable()``: flushed and every
+   delivery checked (with everything produced before: the previous batch's results) before any
+   network call;
+3. submit them all concurrently through their connectors (on the connectors' loop);
 4. journal SUBMITTED (carrier id) or FAILED; announce each submission (its ``sent``) on
    ``carrier-receipts`` under ``connector:carrier id`` (the journal re-keyed for the reconciler,
    which passes it on to the status stage), emit ``failed`` status updates, schedule retries
-   through the delay tiers (back into ``dispatch-ready``, attempt + 1), and flush;
-5. commit the batch's offsets.
+   through the delay tiers (back into ``dispatch-ready``, attempt + 1): the batch's outputs,
+   which the runner produces;
+5. the runner's checkpoint flushes them and commits the batch's offsets (not before every
+   output of the batch is acknowledged).
 
 Guarantee: at-least-once to the carrier, with duplicates bounded by one batch. A crash between 2
-and 4 leaves ATTEMPTING entries without a result: those messages are read again from
+and 4 — or after 4, before the next batch's barrier or checkpoint acknowledged its outputs —
+leaves ATTEMPTING entries without a result, of one batch at most (each barrier acknowledges the
+previous batch's results before the next carrier call): those messages are read again from
 ``dispatch-ready`` and resolved by the per-channel in-doubt policy; each resulting duplicate
 submit is matched by an in-doubt journal entry. The journal (compacted, keyed and partitioned
 like ``dispatch-ready``) is the changelog of a bounded on-disk store per assigned partition
-(:mod:`pipeline.stages.dispatch.journal`: retention and why); written to disk between batches,
-once a second, after the records behind it are acknowledged.
+(:mod:`pipeline.stages.dispatch.journal`: retention and why), which the runner restores on
+assignment and writes to disk at each checkpoint, after the records behind it are acknowledged.
 
 Receipts that arrive on a connector's session (SMPP deliver_sm) are produced to
 ``carrier-receipts`` as they come; the SMPP client has already acknowledged them to the SMSC, so
@@ -30,29 +42,25 @@ a crash can lose the few not yet acknowledged by the broker: those messages end 
 window (``undelivered``, 30008), explained, never silently. A record with header
 ``telex.resend.avoid`` is a resend the status stage ordered after a failed receipt: it may go
 out again although the journal says SUBMITTED, through another route when there is one.
+
+In the whole-topology worker dispatch stays a process of its own (``StageSpec.own_process``),
+see :mod:`pipeline.cli.worker` for why.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Coroutine, Mapping, Sequence
+from typing import Any, TypeVar
 
 import structlog
-from confluent_kafka import (
-    Consumer,
-    KafkaError,
-    KafkaException,
-    Message,
-    Producer,
-    TopicPartition,
-)
 
 from connectors.base import Connector, ConnectorError, ErrorKind, SubmitRequest, SubmitResult
 from pipeline.codec import AvroCodec
-from pipeline.errors import CheckpointError, ConfigError
+from pipeline.errors import ConfigError
 from pipeline.headers import H_RESEND_AVOID, H_TIMER_DUE
 from pipeline.metrics import (
     CONNECTOR_BREAKER_STATE,
@@ -62,15 +70,13 @@ from pipeline.metrics import (
     RECORDS,
     RETRIES,
 )
-from pipeline.producing import produce_waiting
 from pipeline.records import IN_DOUBT, RESENDABLE_CHANNELS, receipt_key, update_record
-from pipeline.runtime.deadletter import counted, dead_letter_topic, headers_of
 from pipeline.runtime.delay import delay_headers, tier_for, tier_topic
-from pipeline.runtime.membership import is_lost_membership
+from pipeline.runtime.stage import Input, Out, Record, Runtime, Stage
+from pipeline.runtime.store import Store
 from pipeline.settings import Settings
-from pipeline.stages.dispatch import decision
+from pipeline.stages.dispatch import decision, journal
 from pipeline.stages.dispatch.carriers import Carriers
-from pipeline.stages.dispatch.journal import Journal
 from pipeline.stages.dispatch.routing import (
     CLOSED,
     HALF_OPEN,
@@ -79,19 +85,29 @@ from pipeline.stages.dispatch.routing import (
     counts_against_health,
 )
 
+__all__ = ["DispatchStage", "build"]
+
 STAGE = "dispatch"
 _BREAKER_LEVEL = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
 IN_TOPIC = "dispatch-ready"
 
 log = structlog.get_logger("telex.dispatch")
+T = TypeVar("T")
 
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-class DispatchWorker:
+def build(settings: Settings) -> DispatchStage:
+    """The registry's entry point (``telex worker dispatch``)."""
+    return DispatchStage(settings)
+
+
+class DispatchStage(Stage):
     """Consumes dispatch-ready and submits through the configured connectors."""
+
+    name = STAGE
 
     def __init__(self, settings: Settings, carriers: Carriers | None = None,
                  rng: random.Random | None = None) -> None:
@@ -102,52 +118,57 @@ class DispatchWorker:
         self._settings = settings
         self._carriers = carriers
         self._codec = AvroCodec.from_settings(settings)
-        self._journal = Journal(settings, self._codec)
+        self.inputs = (Input(IN_TOPIC, journal.store_spec(settings, self._codec)),)
+        self.batch_max = settings.dispatch_batch
         self._rng = rng or random.Random()
         self._connectors: dict[str, Connector] = {}
         self._unstarted: set[str] = set()
         self._starting: set[str] = set()
         self._breakers = {name: carriers.breaker(name) for name in carriers.connectors}
-        self._consumer = Consumer(settings.consumer_config(settings.topic(STAGE)))
-        self._producer = Producer(settings.producer_config())
-        self._running = True
         self._outcomes = {o: RECORDS.labels(STAGE, o) for o in (
             "submitted", "failed", "retry", "duplicate", "in_doubt_resend", "receipt")}
         self._receipt_tasks: set[asyncio.Task[None]] = set()
-        self._between_batches = True  # every journal record so far acknowledged
+        self._runtime: Runtime | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._outs: list[Out] = []  # the outputs of the batch being decided
 
-    def stop(self) -> None:
-        self._running = False
+    # -- lifecycle (the connectors' loop) --
 
-    async def run(self) -> None:
+    def open(self, runtime: Runtime) -> None:
+        """Start the connectors' loop on its own thread, then every connector on it."""
+        self._runtime = runtime
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="dispatch-carriers",
+                                        daemon=True)
+        self._thread.start()
+        self._on_loop(self._start_all())
+
+    def close(self) -> None:
+        if self._loop is None or self._thread is None:
+            return
+        try:
+            self._on_loop(self._close_all())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+            self._loop.close()
+            self._loop = None
+
+    def _on_loop(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the connectors' loop and wait for it (from the runner's thread)."""
+        assert self._loop is not None, "open() starts the loop"
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    async def _start_all(self) -> None:
         for name in self._carriers.connectors:
             await self._start_connector(name)
-        self._consumer.subscribe([self._settings.topic(IN_TOPIC)], on_assign=self._on_assign,
-                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
-        next_checkpoint = time.monotonic() + self._settings.commit_interval_s
-        try:
-            while self._running:
-                batch = await asyncio.to_thread(
-                    self._consumer.consume, self._settings.dispatch_batch, 0.05)
-                # A record of a partition revoked during the poll is the next owner's.
-                records = [m for m in batch
-                           if m.error() is None and self._journal.owns(m.partition())]
-                if records:
-                    await self._dispatch(records)
-                if time.monotonic() >= next_checkpoint:
-                    # Between batches every journal record produced so far is acknowledged.
-                    swept = self._journal.checkpoint()
-                    if swept:
-                        log.info("journal_swept", entries=swept)
-                    next_checkpoint = time.monotonic() + self._settings.commit_interval_s
-        finally:
-            for connector in self._connectors.values():
-                await connector.close()
-            for task in self._receipt_tasks:
-                task.cancel()
-            await asyncio.to_thread(self._producer.flush, 30)
-            self._consumer.close()
-            self._journal.close()
+
+    async def _close_all(self) -> None:
+        for connector in self._connectors.values():
+            await connector.close()
+        for task in list(self._receipt_tasks):
+            task.cancel()
 
     async def _start_connector(self, name: str) -> bool:
         """(Re)build and start a connector; on failure its breaker keeps traffic away, and a
@@ -174,37 +195,26 @@ class DispatchWorker:
 
     async def _forward_receipts(self, connector: Connector) -> None:
         """Receipts from a connector's session → ``carrier-receipts`` (until it closes)."""
+        assert self._runtime is not None
         async for receipt in connector.receipts():
-            self._produce("carrier-receipts",
-                          receipt_key(receipt.connector, receipt.carrier_message_id),
-                          self._codec.encode("carrier_receipt", receipt.to_record()))
+            self._runtime.emit([Out(
+                "carrier-receipts", receipt_key(receipt.connector, receipt.carrier_message_id),
+                self._codec.encode("carrier_receipt", receipt.to_record()))])
             self._outcomes["receipt"].inc()
 
-    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        loaded = self._journal.assign([tp.partition for tp in partitions])
-        log.info("journal_loaded", partitions=[tp.partition for tp in partitions],
-                 entries=loaded)
+    # -- a batch --
 
-    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Between batches every journal record produced so far was flushed with its batch;
-        # not after a batch that failed (the store then drops what it did not persist).
-        self._journal.revoke([tp.partition for tp in partitions], durable=self._between_batches)
-
-    def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._journal.revoke([tp.partition for tp in partitions], durable=False)
-
-    async def _dispatch(self, records: list[Message]) -> None:
-        self._between_batches = False
-        await self._dispatch_batch(records)
-        self._between_batches = True
-
-    async def _dispatch_batch(self, records: list[Message]) -> None:
+    def process(self, records: Sequence[Record], stores: Mapping[tuple[str, int], Store],
+                now_ms: int) -> list[Out]:
+        assert self._runtime is not None, "the runner opens the stage first"
+        self._outs = outs = []
         now = _now_ms()
-        to_submit: list[tuple[Message, dict[str, Any], str]] = []
+        to_submit: list[tuple[Record, dict[str, Any], str, Store]] = []
         attempting: set[str] = set()  # message ids this batch journaled ATTEMPTING for
-        for msg in records:
+        for record in records:
+            store = stores[(record.topic, record.partition)]
             try:
-                message = self._codec.decode(msg.value(), expected="message_accepted")
+                message = self._codec.decode(record.value, expected="message_accepted")
                 if message["message_id"] in attempting:
                     # Another copy of a message this batch already attempts (upstream stages
                     # are at-least-once): that ATTEMPTING entry is ours, not a dead worker's,
@@ -215,52 +225,45 @@ class DispatchWorker:
                     log.info("dispatch_skipped", message_id=message["message_id"],
                              reason="another copy is being attempted in this batch")
                     continue
-                avoid = next((v.decode() for k, v in msg.headers() or ()
-                              if k == H_RESEND_AVOID and v is not None), None)
-                plan = self._plan(message, now, avoid, msg.value(), msg.partition())
+                avoid = record.header(H_RESEND_AVOID)
+                plan = self._plan(message, now, None if avoid is None else avoid.decode(),
+                                  record.value, store)
             except Exception as exc:  # routed, counted and logged, never raised
-                self._dead_letter(msg, exc, now)
+                outs.append(self.dead_letter(record, exc, now, record.key))
                 continue
             if plan is not None:
-                self._journal_write(msg.partition(), decision.attempting_entry(
-                    message, plan, now))
+                self._journal_write(store, decision.attempting_entry(message, plan, now))
                 attempting.add(message["message_id"])
-                to_submit.append((msg, message, plan))
-        await self._flush()
-
-        results = await asyncio.gather(
-            *(self._submit(message, connector) for _, message, connector in to_submit),
-            return_exceptions=True)
+                to_submit.append((record, message, plan, store))
+        if not to_submit:
+            return outs
+        # Write-ahead: the ATTEMPTING entries (and all produced before) on the broker first.
+        self._runtime.emit(outs)
+        self._outs = outs = []
+        self._runtime.durable()
+        results = self._on_loop(self._submit_all([(m, c) for _, m, c, _ in to_submit]))
         done = _now_ms()
-        for (msg, message, connector), result in zip(to_submit, results, strict=True):
-            self._settle(message, connector, result, done, msg.value(), msg.partition())
-        await self._flush()
-        offsets: dict[tuple[str, int], int] = {}
-        for msg in records:
-            offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
-        try:
-            await asyncio.to_thread(self._consumer.commit, offsets=[
-                TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False)
-        except KafkaException as exc:
-            if not is_lost_membership(exc):
-                raise
-            # The group moved on without us (e.g. the broker was away longer than the session
-            # timeout): the new owner re-reads these records and the journal skips what was
-            # submitted. Nothing to undo; rejoining is the consumer's job.
-            log.warning("commit_after_lost_membership", error=exc.args[0].str(),
-                        partitions=sorted({p for _, p in offsets}))
+        for (record, message, connector, store), result in zip(to_submit, results, strict=True):
+            self._settle(message, connector, result, done, record.value, store)
+        return outs
+
+    async def _submit_all(self, submits: list[tuple[dict[str, Any], str]]
+                          ) -> list[SubmitResult | BaseException]:
+        return await asyncio.gather(*(self._submit(message, connector)
+                                      for message, connector in submits),
+                                    return_exceptions=True)
 
     def _plan(self, message: Mapping[str, Any], now: int, avoid: str | None,
-              raw: bytes | None, partition: int) -> str | None:
+              raw: bytes | None, store: Store) -> str | None:
         """The connector to submit through, or None when nothing must be sent. ``avoid``: a
         resend after a failed receipt, to go through another connector when there is one."""
-        latest = self._journal.get(partition, message["message_id"])
+        latest = store.get(message["message_id"], _now_ms())
         plan = decision.plan(latest, message, now, resend=avoid is not None,
                              reconcile_window_ms=int(self._settings.in_doubt_window_s * 1000))
         resolved = plan.in_doubt
         if resolved is not None:
             assert latest is not None  # only an ATTEMPTING entry is in doubt
-            self._journal_write(partition, dict(resolved.journal))
+            self._journal_write(store, dict(resolved.journal))
             self._outcomes["in_doubt_resend"].inc()
             log.warning("in_doubt_resolved", message_id=message["message_id"],
                         policy=str(resolved.policy), connector=latest["connector"],
@@ -271,7 +274,7 @@ class DispatchWorker:
                 self._deadline(message, latest, resolved.await_receipt_until_ms, now)
         if plan.action == decision.EXPIRE:
             expired = ConnectorError(ErrorKind.EXPIRED, "validity period ended before dispatch")
-            self._settle(dict(message), "none", expired, now, None, partition)
+            self._settle(dict(message), "none", expired, now, None, store)
             return None
         if plan.action == decision.SKIP:
             self._outcomes["duplicate"].inc()
@@ -323,12 +326,12 @@ class DispatchWorker:
 
     def _settle(self, message: dict[str, Any], connector: str,
                 result: SubmitResult | BaseException, now: int, raw: bytes | None,
-                partition: int) -> None:
+                store: Store) -> None:
         if isinstance(result, BaseException) and not isinstance(result, ConnectorError):
             result = ConnectorError(ErrorKind.SERVER_ERROR, f"{type(result).__name__}: {result}")
         outcome = decision.on_result(message, result, now, self._rng, connector=connector,
                                      schedule=self._settings.retry_schedule_s)
-        self._journal_write(partition, dict(outcome.journal))
+        self._journal_write(store, dict(outcome.journal))
         if outcome.status is not None:
             self._status(message, outcome.status, raw)
         if outcome.retry is not None:
@@ -342,17 +345,13 @@ class DispatchWorker:
             self._outcomes["submitted" if outcome.journal["state"] == decision.SUBMITTED
                            else "failed"].inc()
 
-    def _journal_write(self, partition: int, entry: dict[str, Any]) -> None:
-        """Journal ``entry`` on the partition of the record it is about: the journal topic is
-        the changelog of that partition's store (same key, same partition number)."""
-        self._journal.record(partition, entry)
-        produce_waiting(self._producer, self._journal.topic, key=entry["message_id"],
-                        value=self._codec.encode("dispatch_journal_entry", entry),
-                        partition=partition, on_delivery=self._journal_landed)
-
-    def _journal_landed(self, err: KafkaError | None, msg: Message) -> None:
-        _check_delivery(err, msg)
-        self._journal.delivered(msg.partition(), msg.offset())
+    def _journal_write(self, store: Store, entry: dict[str, Any]) -> None:
+        """Journal ``entry`` in the store of the partition of the record it is about, and on
+        that partition of the journal topic: the store's changelog (same key, same number)."""
+        store.put(entry["message_id"], entry, int(entry["at_ms"]))
+        self._outs.append(Out(journal.TOPIC, entry["message_id"],
+                              self._codec.encode("dispatch_journal_entry", entry),
+                              partition=store.partition))
 
     def _status(self, message: Mapping[str, Any], update: decision.StatusUpdate,
                 raw: bytes | None = None) -> None:
@@ -406,35 +405,4 @@ class DispatchWorker:
 
     def _produce(self, topic: str, key: str, value: bytes,
                  headers: list[tuple[str, bytes]] | None = None) -> None:
-        produce_waiting(self._producer, self._settings.topic(topic), key=key, value=value,
-                        headers=headers or [], on_delivery=_check_delivery)
-
-    async def _flush(self) -> None:
-        if await asyncio.to_thread(self._producer.flush, 30) != 0:
-            raise CheckpointError("dispatch: journal or outputs not acknowledged within 30 s")
-
-    def _dead_letter(self, msg: Message, exc: Exception, now: int) -> None:
-        key = msg.key().decode() if msg.key() else ""
-        self._produce(dead_letter_topic(STAGE), key, msg.value() or b"",
-                      headers_of(msg, STAGE, exc, now, key))
-        counted(STAGE, exc, msg.topic(), msg.partition(), msg.offset())
-
-
-def _check_delivery(err: KafkaError | None, _msg: Message) -> None:
-    if err is not None:
-        raise CheckpointError(f"dispatch: delivery failed: {err.str()}")
-
-
-def run(settings: Settings) -> int:
-    """``telex worker dispatch``: submit until SIGTERM/SIGINT."""
-    import asyncio
-    import signal
-
-    from pipeline.topics import admin_client, apply_topics, catalogue
-
-    apply_topics(admin_client(settings), catalogue(settings))
-    dispatch = DispatchWorker(settings)
-    signal.signal(signal.SIGTERM, lambda *_: dispatch.stop())
-    signal.signal(signal.SIGINT, lambda *_: dispatch.stop())
-    asyncio.run(dispatch.run())
-    return 0
+        self._outs.append(Out(topic, key, value, headers or []))
