@@ -1,8 +1,10 @@
-"""The dispatch journal's bound, on the real broker: entries past retention leave the dispatch
-process's RocksDB store; a duplicate release within retention is still skipped."""
+"""The dispatch journal on the real broker: entries past retention leave the dispatch process's
+RocksDB store; a duplicate release within retention is still skipped; a worker killed between
+ATTEMPTING and SUBMITTED leaves entries its successor restores and resolves."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -10,13 +12,13 @@ from pathlib import Path
 import pytest
 from rocksdict import AccessType, Options, Rdict
 
-from connectors.simulators.smsc_model import SmscConfig
+from connectors.simulators.smsc_model import Faults, SmscConfig
 from connectors.simulators.threaded import ThreadedSmsc
 from pipeline.codec import AvroCodec
 from pipeline.settings import Settings
 from tests.fixtures.samples import sample
 from tests.fixtures.telex import Worker, produce, read_all
-from tests.fixtures.waiting import until_sync
+from tests.fixtures.waiting import until_sync, wait_for
 from tests.pipeline.stages.test_dispatch_e2e import carriers, statuses
 
 CODEC = AvroCodec()
@@ -114,3 +116,46 @@ def test_duplicate_within_retention_is_skipped_and_older_entries_are_not_restore
     states = [(CODEC.decode(m.value())["message_id"], CODEC.decode(m.value())["state"])
               for m in read_all(settings, "dispatch-journal")]
     assert states.count((recent, "ATTEMPTING")) == 0
+
+
+def test_a_worker_killed_between_attempting_and_submitted_resolves_its_in_doubt_entries(
+    topics: Settings, worker: Callable[[str, Settings], Worker], tmp_path: Path,
+):
+    """Regression guard for dispatch on the batch runtime: SIGKILLed while the SMSC holds every
+    submit_sm unanswered (ATTEMPTING acknowledged, no result), the next worker restores the
+    journal from the topic, resolves each entry in doubt (SMS: resend) and submits it again;
+    the batch was never committed, so it is read again rather than lost."""
+    with ThreadedSmsc(SmscConfig(seed=5), Faults(no_response_rate=1.0)) as smsc:
+        settings = carriers(topics, tmp_path, smsc)
+        path = Path(settings.carriers_file or "")
+        config = json.loads(path.read_text())
+        config["connectors"][0]["response_timeout_s"] = 300  # held past the kill
+        path.write_text(json.dumps(config))
+        now = int(time.time() * 1000)
+        ids = ["TX" + str(i) * 32 for i in range(1, 6)]
+        produce(settings, "dispatch-ready", [accepted(mid, now) for mid in ids])
+        first = worker("dispatch", settings)
+
+        def held() -> list[str]:
+            """Message ids journaled ATTEMPTING, once the SMSC holds a submit of each (a batch
+            blocks on its held submits, so nothing else is attempted before the kill)."""
+            attempting = [CODEC.decode(m.value())["message_id"]
+                          for m in read_all(settings, "dispatch-journal")]
+            return attempting if 0 < len(attempting) == len(smsc.submits) else []
+
+        in_doubt = set(wait_for(held, until=bool, timeout=60,
+                                what="submits held, each behind its ATTEMPTING entry",
+                                interval_s=0.2))
+        first.kill()
+        smsc.faults.no_response_rate = 0.0
+        worker("dispatch", settings)
+        final = statuses(settings, len(ids))
+        journal: dict[str, list[str]] = {}
+        for m in read_all(settings, "dispatch-journal"):
+            entry = CODEC.decode(m.value())
+            journal.setdefault(entry["message_id"], []).append(entry["state"])
+    assert {mid: s["status"] for mid, s in final.items()} == dict.fromkeys(ids, "sent")
+    resolved = ["ATTEMPTING", "IN_DOUBT_RESOLVED", "ATTEMPTING", "SUBMITTED"]
+    assert journal == {mid: resolved if mid in in_doubt else ["ATTEMPTING", "SUBMITTED"]
+                       for mid in ids}
+    assert len(smsc.submits) == len(ids) + len(in_doubt)  # every held submit sent once more
