@@ -9,8 +9,8 @@ Two kinds of stage:
 - ``batch``: a :class:`~pipeline.runtime.stage.Stage` run by
   :class:`~pipeline.runtime.runner.StageRunner`; the entry point builds it from settings
   (``own_process``: the whole-topology worker runs it as a child process, not a thread);
-- ``service``: a process with its own loop (timers, carrier I/O, HTTP, a database); the entry
-  point is ``run(settings) -> int``.
+- ``service``: a process with its own loop, consuming no topic (the status webhook receiver, an
+  HTTP server); the entry point is ``run(settings) -> int``.
 """
 
 from __future__ import annotations
