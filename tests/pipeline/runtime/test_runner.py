@@ -45,6 +45,11 @@ class _Msg:
         return (1, 0)
 
 
+def _settings(tmp_path: Path):  # type: ignore[no-untyped-def]
+    return load_settings(kafka_bootstrap_servers="127.0.0.1:1", topic_prefix="t.",
+                         state_dir=str(tmp_path))
+
+
 class _Seen(Stage):
     name = "seen"
     inputs = (Input("in"),)
@@ -64,8 +69,7 @@ def test_a_record_of_a_partition_revoked_during_the_poll_is_left_to_its_new_owne
     """Regression (found by the pipeline benchmark when a second worker joined): a poll can
     return a record and revoke its partition in the same call; the runner must neither decide
     it (its store is gone: it was dead-lettered, i.e. lost) nor commit its offset."""
-    settings = load_settings(kafka_bootstrap_servers="127.0.0.1:1", topic_prefix="t.",
-                             state_dir=str(tmp_path))
+    settings = _settings(tmp_path)
     stage = _Seen()
     runner = StageRunner(settings, stage)
     runner._assigned = {("t.in", 0)}
@@ -182,11 +186,6 @@ class _Recorder:
         return 0
 
 
-def _settings(tmp_path: Path):  # type: ignore[no-untyped-def]
-    return load_settings(kafka_bootstrap_servers="127.0.0.1:1", topic_prefix="t.",
-                         state_dir=str(tmp_path))
-
-
 class _Failing(_Seen):
     def process(self, records: Sequence[Record], stores: Mapping[tuple[str, int], Store],
                 now_ms: int) -> list[Out]:
@@ -292,8 +291,7 @@ def test_view_records_wait_for_the_checkpoint_and_only_each_keys_last_goes_out(
     """Every history record is produced with its batch; view records are held until the
     checkpoint step that produces them, and then only the last per key, in the order their
     keys were last set."""
-    settings = load_settings(kafka_bootstrap_servers="127.0.0.1:1", topic_prefix="t.",
-                             state_dir=str(tmp_path))
+    settings = _settings(tmp_path)
     runner = StageRunner(settings, _Views())
     producer = _Recorder()
     runner._producer = producer  # type: ignore[assignment]
@@ -313,8 +311,7 @@ def test_view_records_wait_for_the_checkpoint_and_only_each_keys_last_goes_out(
 
 def _holding_runner(tmp_path: Path, clock_s: float = 1_000.0
                     ) -> tuple[StageRunner, _Holding, _Consumer]:
-    settings = load_settings(kafka_bootstrap_servers="127.0.0.1:1", topic_prefix="t.",
-                             state_dir=str(tmp_path))
+    settings = _settings(tmp_path)
     stage = _Holding()
     runner = StageRunner(settings, stage, clock=lambda: clock_s)
     consumer = _Consumer()
@@ -338,8 +335,7 @@ def test_the_checkpoint_commits_no_further_than_the_stages_commit_floor(tmp_path
 
 def test_a_stage_without_holding_hooks_commits_everything_processed(tmp_path: Path):
     """The hooks' defaults leave the protocol as it was: commit the next offset to read."""
-    settings = load_settings(kafka_bootstrap_servers="127.0.0.1:1", topic_prefix="t.",
-                             state_dir=str(tmp_path))
+    settings = _settings(tmp_path)
     runner = StageRunner(settings, _Seen())
     consumer = _Consumer()
     runner._consumer = consumer  # type: ignore[assignment]
