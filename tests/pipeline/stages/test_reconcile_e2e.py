@@ -112,7 +112,8 @@ def test_receipt_chaos_ends_every_message_in_its_right_final_state(
         kill: bool) -> None:
     """10 % early, 5 % duplicated, 2 % unknown ids, 1 % never arrive, 5 % out-of-order pairs:
     every message ends in the state its receipts say (lost → undelivered 30008 at the end of
-    the receipt window), unknown ids land in receipts-unmatched, no history regresses — also
+    the receipt window), unknown ids land in receipts-unmatched (with, under load, early
+    receipts that outwaited the match TTL and matched later), no history regresses — also
     when the reconciler and the status stage are SIGKILLed mid-stream and restarted."""
     n = 1000
     with ThreadedSmsc(SmscConfig(seed=11, outcomes={"DELIVRD": 0.95, "EXPIRED": 0.05}),
@@ -136,6 +137,7 @@ def test_receipt_chaos_ends_every_message_in_its_right_final_state(
                 workers[stage] = worker(stage, settings)
         history = wait_final(settings, set(by_recipient.values()), workers)
         plans = {r.destination_addr: r.receipts for r in smsc.submits if r.receipts}
+        submitted = {normalise_message_id(r.message_id) for r in smsc.submits if r.message_id}
 
     assert set(plans) == set(by_recipient), "every message submitted once, with a receipt plan"
     wrong, regressed = [], []
@@ -158,7 +160,12 @@ def test_receipt_chaos_ends_every_message_in_its_right_final_state(
                                   for m in read_all(settings, "receipts-unmatched")} or None,
                          until=lambda found: found is not None and len(found) >= len(unknown),
                          timeout=120, what=f"{len(unknown)} unknown receipt ids unmatched")
-    assert {normalise_message_id(u) for u in unknown} == unmatched
+    unknown_ids = {normalise_message_id(u) for u in unknown}
+    assert unknown_ids <= unmatched
+    # Any other receipt there waited past the match TTL (3 s here) for its submission — an
+    # early receipt while dispatch or a restarted reconciler lagged — and was matched when the
+    # submission came: it names a real submission, whose message ended right (asserted above).
+    assert unmatched - unknown_ids <= submitted
     assert read_all(settings, "dlq-reconcile") == read_all(settings, "dlq-status") == []
 
 
