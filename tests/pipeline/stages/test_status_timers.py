@@ -56,6 +56,17 @@ def test_sent_books_a_receipt_window_timer_and_writes_no_deadline_record(
     assert KeyState(store, "m1", 1_000).timer == 1_000 + WINDOW_MS
 
 
+def test_the_latest_view_of_a_moving_update_is_its_history_record(
+        stage: StatusStage, store: Store):
+    """The view record carries the same bytes as the history event that moved the status."""
+    outs = _feed(stage, store, _sent(at_ms=1_000), 1_000)
+    history, latest = outs
+    assert (history.topic, latest.topic, latest.view) == (
+        "delivery-status", "delivery-status-latest", True)
+    assert latest.value == history.value
+    assert latest.value == CODEC.encode("delivery_status", CODEC.decode(history.value))
+
+
 def test_the_receipt_window_fires_undelivered_30008_once_due(stage: StatusStage, store: Store):
     """Punctuation before the due time does nothing; at it, undelivered 30008, timer gone."""
     _feed(stage, store, _sent(at_ms=1_000), 1_000)
