@@ -33,7 +33,7 @@ from typing import Any
 
 import structlog
 
-from pipeline.codec import AvroCodec
+from pipeline.codec import SINGLE_OBJECT_MARKER, AvroCodec
 from pipeline.headers import H_DEADLINE
 from pipeline.metrics import PROCESSING_SECONDS, RECORDS
 from pipeline.records import receipt_key
@@ -66,6 +66,10 @@ class ReconcileStage(KeyedStage):
         self._outcomes = {o: RECORDS.labels(STAGE, o) for o in (
             "submission", "matched", "waiting", "unmapped", "released", "unmatched", "idle")}
         self._latency = PROCESSING_SECONDS.labels(STAGE)
+        # A submission is passed on unchanged (decision.on_submission): when it was read in
+        # today's single-object StatusUpdate, re-encoding it would give back the bytes read
+        # (Avro's binary encoding is a function of schema and datum), so those are written.
+        self._current_update = SINGLE_OBJECT_MARKER + codec.fingerprint("status_update")
 
     def handle(self, record: Record, state: KeyState | None, now_ms: int) -> list[Out]:
         assert state is not None
@@ -85,6 +89,7 @@ class ReconcileStage(KeyedStage):
     def _decide(self, value: bytes, key: str | None, headers: Any, state: KeyState,
                 now_ms: int) -> list[Out]:
         current = state.get(_STATE_KEY)
+        read: tuple[dict[str, Any], bytes] | None = None
         if any(k == H_DEADLINE for k, _ in headers or ()):
             match = decision.on_deadline(current, now_ms, self._ttl_ms)
         else:
@@ -96,15 +101,19 @@ class ReconcileStage(KeyedStage):
                 expected = receipt_key(str(record["connector"]),
                                        str(record["carrier_message_id"]))
                 match = decision.on_submission(current, record)
+                if value.startswith(self._current_update):
+                    read = (record, value)
             else:
                 raise ValueError(f"carrier-receipts takes receipts and submissions, not {name}")
             if key != expected:
                 raise ValueError(f"record key {key!r} is not its connector:carrier id "
                                  f"{expected!r}")
-        return self._outputs(key, state, match)
+        return self._outputs(key, state, match, read)
 
-    def _outputs(self, key: str | None, state: KeyState, match: decision.Match) -> list[Out]:
-        """Store the match's state and timer; the records it leads to."""
+    def _outputs(self, key: str | None, state: KeyState, match: decision.Match,
+                 read: tuple[dict[str, Any], bytes] | None = None) -> list[Out]:
+        """Store the match's state and timer; the records it leads to. ``read``: the
+        StatusUpdate record just decoded and its bytes, written again for an equal update."""
         if match.state is None:
             state.delete(_STATE_KEY)
         elif match.state != state.get(_STATE_KEY):
@@ -114,7 +123,9 @@ class ReconcileStage(KeyedStage):
         elif match.state is None or not match.state.get("pending"):
             state.set_timer(None)  # nothing waits: nothing to release
         self._outcomes[match.outcome].inc()
-        outs = [Out("status-updates", u["message_id"], self._codec.encode("status_update", u))
+        encode = self._codec.encode
+        outs = [Out("status-updates", u["message_id"],
+                    read[1] if read is not None and u == read[0] else encode("status_update", u))
                 for u in match.updates]
         for receipt in match.unmatched:
             log.info("receipt_unmatched", connector=receipt["connector"],

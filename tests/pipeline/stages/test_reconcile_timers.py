@@ -76,3 +76,15 @@ def test_a_deadline_record_released_by_the_delay_tiers_is_still_applied(stage: R
     outs = stage.process([record], {("carrier-receipts", 0): store}, 1_000 + TTL_MS)
     assert [o.topic for o in outs] == ["receipts-unmatched"]
     assert stage.punctuate(10 * TTL_MS, store) == []
+
+
+def test_a_submission_is_passed_on_as_the_bytes_it_was_read_in(stage: ReconcileStage):
+    """The ``sent`` passed on is byte for byte the record read, which is its re-encoding."""
+    store = MemoryStore("match", 0, None)
+    sent = update_record("m1", "dispatch", 1_000, status="sent", attempt=0, account_id="a",
+                         channel="sms", connector="smsc-a", carrier_message_id="00AB",
+                         segments=1, resend_message=b"\xc3\x01accepted")
+    outs = _feed(stage, store, "status_update", sent, 1_000)
+    assert [o.topic for o in outs] == ["status-updates"]
+    assert outs[0].value == CODEC.encode("status_update", sent)
+    assert CODEC.decode(outs[0].value) == sent
