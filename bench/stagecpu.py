@@ -1,6 +1,7 @@
 """CPU per message of each batch stage's Python, in process: no broker, memory stores.
 
-    python -m bench.stagecpu [--messages 5000] [--runs 5] [--batch 1000] [--profile] [--top 20]
+    python -m bench.stagecpu [--messages 5000] [--runs 5] [--batch 1000] [--disk]
+                             [--profile] [--top 20]
 
 Why: on a shared 2-core box wall-clock rates of the whole pipeline say little, and the broker
 and librdkafka hide which of Telex's own lines cost. This drives each stage's ``process()``
@@ -11,7 +12,9 @@ wall-clock). One message's path: ingest → ratelimit (its three bucket steps) �
 (not measured here: its records are synthesised, a ``sent`` announcement and a ``delivered``
 receipt per message) → reconcile → status → pgsink (decode and rows only, no database).
 ``checkpoint`` is the runner's share that depends on the stores: encoding each dirty entry for
-the changelog (``Store.changes``). The runner's consume/produce calls are not included.
+the changelog (``Store.changes``) and, with ``--disk``, writing it to RocksDB. The runner's
+consume/produce calls are not included. Stores are in memory unless ``--disk``: then the
+stores a stage declares ``disk`` (dedup, match, status) are RocksDB, as in production.
 
 Each run uses new message ids (a fresh tag) and fresh stores, after one discarded warm-up run;
 prints µs per message per stage as median (min, max) over runs. ``--profile`` adds one more
@@ -37,7 +40,7 @@ from pipeline.codec import AvroCodec
 from pipeline.observability import configure_logging
 from pipeline.records import receipt_key, update_record
 from pipeline.runtime.stage import Out, Record, Stage
-from pipeline.runtime.store import MemoryStore, Store
+from pipeline.runtime.store import DiskStore, MemoryStore, Store
 from pipeline.senders import load_registry
 from pipeline.settings import Settings, load_settings
 from pipeline.stages import pgsink
@@ -67,8 +70,8 @@ class _Sink(pgsink.StatusSink):
 class _Run:
     """One stage's stores and CPU seconds over a run."""
 
-    def __init__(self, stage: Stage, settings: Settings, profiler: cProfile.Profile | None
-                 ) -> None:
+    def __init__(self, stage: Stage, settings: Settings, profiler: cProfile.Profile | None,
+                 disk: Path | None = None) -> None:
         self.stage = stage
         self.settings = settings
         self.profiler = profiler
@@ -78,8 +81,10 @@ class _Run:
             if inp.store is not None:
                 ttl = None if inp.store.ttl_s is None else int(inp.store.ttl_s * 1000)
                 for p in range(PARTITIONS):
-                    self.stores[(settings.topic(inp.topic), p)] = MemoryStore(
-                        inp.store.name, p, ttl)
+                    self.stores[(settings.topic(inp.topic), p)] = (
+                        DiskStore(inp.store.name, p, ttl, disk / f"{inp.store.name}-{p}")
+                        if disk is not None and inp.store.disk
+                        else MemoryStore(inp.store.name, p, ttl))
 
     def feed(self, outs: Sequence[Out], topic: str, batch: int) -> list[Out]:
         """Outputs of ``outs`` of catalogue topic ``topic``, consumed in batches."""
@@ -110,6 +115,10 @@ class _Run:
             store.checkpointed(None)
         return time.process_time() - t0
 
+    def close(self) -> None:
+        for store in self.stores.values():
+            store.close()
+
 
 def _dispatched(codec: AvroCodec, ready: Sequence[Out], now_ms: int) -> list[Out]:
     """What dispatch and the carrier give reconcile per message: the ``sent`` announcement
@@ -133,9 +142,10 @@ def _dispatched(codec: AvroCodec, ready: Sequence[Out], now_ms: int) -> list[Out
     return outs
 
 
-def one_run(settings: Settings, tag: str, count: int, batch: int,
-            profile: bool = False) -> tuple[dict[str, float], dict[str, cProfile.Profile]]:
-    """µs per message of each stage for ``count`` new messages (and profiles if asked)."""
+def one_run(settings: Settings, tag: str, count: int, batch: int, profile: bool = False,
+            disk: Path | None = None) -> tuple[dict[str, float], dict[str, cProfile.Profile]]:
+    """µs per message of each stage for ``count`` new messages (and profiles if asked);
+    ``disk``: a fresh directory for RocksDB stores."""
     profs = {s: cProfile.Profile() for s in STAGES} if profile else {}
     codec = AvroCodec.from_settings(settings)
     now_ms = int(time.time() * 1000)
@@ -146,11 +156,11 @@ def one_run(settings: Settings, tag: str, count: int, batch: int,
                              codec.encode("message_requested", req)))
 
     runs = {
-        "ingest": _Run(build_ingest(settings), settings, profs.get("ingest")),
-        "ratelimit": _Run(build_ratelimit(settings), settings, profs.get("ratelimit")),
-        "reconcile": _Run(build_reconcile(settings), settings, profs.get("reconcile")),
-        "status": _Run(build_status(settings), settings, profs.get("status")),
-        "pgsink": _Run(_Sink(settings), settings, profs.get("pgsink")),
+        "ingest": _Run(build_ingest(settings), settings, profs.get("ingest"), disk),
+        "ratelimit": _Run(build_ratelimit(settings), settings, profs.get("ratelimit"), disk),
+        "reconcile": _Run(build_reconcile(settings), settings, profs.get("reconcile"), disk),
+        "status": _Run(build_status(settings), settings, profs.get("status"), disk),
+        "pgsink": _Run(_Sink(settings), settings, profs.get("pgsink"), disk),
     }
     ingested = runs["ingest"].feed(requested, "message-requested", batch)
     rl = runs["ratelimit"]
@@ -174,6 +184,8 @@ def one_run(settings: Settings, tag: str, count: int, batch: int,
     checkpoint = sum(r.checkpoint() for r in runs.values())
     if prof:
         prof.disable()
+    for r in runs.values():
+        r.close()
     micros = {name: r.cpu / count * 1e6 for name, r in runs.items()}
     micros["checkpoint"] = checkpoint / count * 1e6
     micros["total"] = sum(micros.values())
@@ -201,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--messages", type=int, default=5000)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--batch", type=int, default=1000, help="records per process() call")
+    ap.add_argument("--disk", action="store_true",
+                    help="RocksDB for the stores production keeps on disk")
     ap.add_argument("--profile", action="store_true", help="cProfile top entries per stage")
     ap.add_argument("--top", type=int, default=15)
     ap.add_argument("--json", type=Path, help="write every run's figures here")
@@ -209,13 +223,19 @@ def main(argv: list[str] | None = None) -> int:
     with TemporaryDirectory(prefix="stagecpu") as tmp:
         settings = _settings(Path(tmp))
         load_registry(settings.senders_file)  # fail early on a bad registry
-        one_run(settings, "warmup", min(a.messages, 1000), a.batch)
-        results = [one_run(settings, f"run{i}", a.messages, a.batch)[0] for i in range(a.runs)]
-        _print(f"batch stages, {a.messages} messages, batches of {a.batch}", results)
+        def disk(run: str) -> Path | None:
+            return Path(tmp) / run if a.disk else None
+
+        one_run(settings, "warmup", min(a.messages, 1000), a.batch, disk=disk("warmup"))
+        results = [one_run(settings, f"run{i}", a.messages, a.batch, disk=disk(f"run{i}"))[0]
+                   for i in range(a.runs)]
+        stores = "RocksDB stores where production has them" if a.disk else "memory stores"
+        _print(f"batch stages, {a.messages} messages, batches of {a.batch}, {stores}", results)
         if a.json:
             a.json.write_text(json.dumps(results, indent=1))
         if a.profile:
-            _, profs = one_run(settings, "profile", a.messages, a.batch, profile=True)
+            _, profs = one_run(settings, "profile", a.messages, a.batch, profile=True,
+                               disk=disk("profile"))
             for name, prof in profs.items():
                 print(f"\n--- {name}: top {a.top} by own time ---")
                 pstats.Stats(prof, stream=sys.stdout).sort_stats("tottime").print_stats(a.top)
