@@ -1,6 +1,6 @@
 """CPU per message of each batch stage's Python, in process: no broker, memory stores.
 
-    python -m bench.stagecpu [--messages 5000] [--runs 5] [--batch 1000] [--disk]
+    python -m bench.stagecpu [--messages 5000] [--runs 5] [--batch 1000] [--disk] [--no-gc]
                              [--profile] [--top 20]
 
 Why: on a shared 2-core box wall-clock rates of the whole pipeline say little, and the broker
@@ -16,6 +16,11 @@ the changelog (``Store.changes``) and, with ``--disk``, writing it to RocksDB. T
 consume/produce calls are not included. Stores are in memory unless ``--disk``: then the
 stores a stage declares ``disk`` (dedup, match, status) are RocksDB, as in production.
 
+``--no-gc``: the cyclic garbage collector off during the runs. A collection runs in whichever
+stage's allocation triggers it and traverses every live object (the stores included), so with
+it on, a change in one stage moves the figures of others; off, each stage's own cost shows
+(the total with it on is what a worker pays).
+
 Each run uses new message ids (a fresh tag) and fresh stores, after one discarded warm-up run;
 prints µs per message per stage as median (min, max) over runs. ``--profile`` adds one more
 run under cProfile per stage and prints its top entries by own time.
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import gc
 import json
 import pstats
 import statistics
@@ -215,11 +221,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=1000, help="records per process() call")
     ap.add_argument("--disk", action="store_true",
                     help="RocksDB for the stores production keeps on disk")
+    ap.add_argument("--no-gc", action="store_true",
+                    help="cyclic GC off during the runs (per-stage attribution)")
     ap.add_argument("--profile", action="store_true", help="cProfile top entries per stage")
     ap.add_argument("--top", type=int, default=15)
     ap.add_argument("--json", type=Path, help="write every run's figures here")
     a = ap.parse_args(argv)
     configure_logging("WARNING")
+    if a.no_gc:
+        gc.disable()
     with TemporaryDirectory(prefix="stagecpu") as tmp:
         settings = _settings(Path(tmp))
         load_registry(settings.senders_file)  # fail early on a bad registry
@@ -230,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         results = [one_run(settings, f"run{i}", a.messages, a.batch, disk=disk(f"run{i}"))[0]
                    for i in range(a.runs)]
         stores = "RocksDB stores where production has them" if a.disk else "memory stores"
+        stores += ", GC off" if a.no_gc else ""
         _print(f"batch stages, {a.messages} messages, batches of {a.batch}, {stores}", results)
         if a.json:
             a.json.write_text(json.dumps(results, indent=1))
