@@ -87,3 +87,32 @@ def test_direct_release_is_stamped_with_the_decision_time():
     [out] = stage.process([record], {(topic, 0): store}, int(decided_at * 1000) + 40)
     assert out.topic == "dispatch-ready"
     assert out.timestamp_ms == int(decided_at * 1000)
+
+
+def test_the_steps_of_a_worker_decode_a_message_once():
+    """The same value bytes passing the three bucket steps are decoded once; an undecodable
+    record is not remembered and still dead-letters."""
+    codec = AvroCodec()
+    now = 1_800_000_000.0
+    settings = Settings()
+    stage = RateLimitStage(settings, Limits.from_mapping({}, DEMO_SENDERS), codec,
+                           clock=lambda: now)
+    msg = sample("message_accepted", sender="+14155550100", channel="sms", segments=1,
+                 expires_at_ms=int(now * 1000) + HOUR)
+    value = codec.encode("message_accepted", msg)
+    decoded = []
+    real = codec.decode
+    codec.decode = lambda data, expected=None: decoded.append(data) or real(data, expected)
+    stores, outs = {}, []
+    for dimension, topic in ((ACCOUNT, "message-accepted"), (ROUTE, "rl-route"),
+                             (SENDER, "rl-sender")):
+        full = settings.topic(topic)
+        stores[(full, 0)] = MemoryStore(dimension, 0, None)
+        outs += stage.process([Record(full, 0, 0, bucket_of(dimension, msg), bytes(value),
+                                      None, 0)], stores, int(now * 1000))
+    assert [o.topic for o in outs] == ["rl-route", "rl-sender", "dispatch-ready"]
+    assert decoded == [value]
+    bad = Record(settings.topic("rl-sender"), 0, 1, "k", b"\xc3\x01junk", None, 0)
+    for _ in range(2):
+        [dead] = stage.process([bad], stores, int(now * 1000))
+        assert dead.topic == "dlq-ratelimit"
