@@ -1,6 +1,6 @@
 """Soak: the whole pipeline at a steady open-loop rate for a long time; does memory stay flat?
 
-    python -m bench.soak --minutes 60 --rate 150 [--sample-s 5] [--warmup 0.1] [--json soak.json]
+    python -m bench.soak --minutes 60 --rate 150 [--sample-s 5] [--warmup-min 10] [--json soak.json]
 
 On one broker (a fresh local one unless KAFKA_BOOTSTRAP_SERVERS is set), the rig of
 :mod:`bench.rig` (one whole-topology worker, or with ``--stages-apart`` a process per stage;
@@ -8,14 +8,22 @@ the SMSC and HTTP channel simulators) and the load of :mod:`bench.load`:
 
 1. offer ``--rate`` messages a second for ``--minutes`` (open loop: message i is due at
    t0 + i/rate, whatever happened to earlier ones);
-2. meanwhile sample every process's resident memory (VmRSS) every ``--sample-s`` seconds;
+2. meanwhile sample every process's resident memory every ``--sample-s`` seconds: VmRSS, and
+   from ``/proc/PID/smaps_rollup`` its anonymous part (heap, arenas, caches) apart from the
+   file-backed one (mapped libraries); and from each Telex worker process the figures of its
+   memory probe (:mod:`pipeline.memprobe`, switched on for the soak): RocksDB block-cache usage,
+   memtables and table readers, malloc in use / free / arenas, pymalloc blocks;
 3. then wait until every message has a final status on ``delivery-status-latest`` and report
    any that did not get one.
 
-Per process it prints the RSS at the end of the warm-up (``--warmup`` of the time, 10 %), at
-the end of the offer, the change in %, and the least-squares slope of RSS against messages
-offered after the warm-up (MB per 100k messages). Flat memory means a change within ±5 % and a
-slope near zero. ``--json`` writes the figures and every sample.
+**Warm-up** is the first ``--warmup-min`` minutes of the offer (10, or a third of a shorter
+offer): long enough for every bounded structure that fills with traffic to reach its bound at
+150 msg/s — the RocksDB block cache and memtables (their budget, see
+``pipeline/runtime/store.py``), the SMPP client's id map (120 s), librdkafka's buffers. Per
+process it prints the RSS at the end of the warm-up and at the end of the offer, the change in
+%, and the least-squares slope of RSS against messages offered after the warm-up (MiB per 100k
+messages); then the probe's figures at the same two moments. Flat memory means a change within
+±5 % and a slope near zero. ``--json`` writes the figures and every sample.
 """
 
 from __future__ import annotations
@@ -57,15 +65,62 @@ def rss_kib(pid: int) -> int | None:
     return None
 
 
+def anon_kib(pid: int) -> int | None:
+    """Anonymous resident memory of ``pid`` in KiB (smaps_rollup), None once it has exited."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Anonymous:"):
+                return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    return None
+
+
+def probe_figures(probe_dir: Path | None, pid: int) -> dict[str, float]:
+    """The latest memory-probe figures of ``pid`` (:mod:`pipeline.memprobe`), flattened to
+    MiB (counts as they are); empty for a process without a probe."""
+    if probe_dir is None:
+        return {}
+    try:
+        raw = json.loads((probe_dir / f"{pid}.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+    mib = 1 << 20
+    out: dict[str, float] = {}
+    rocks = raw.get("rocksdb") or {}
+    if rocks:
+        out["cache"] = rocks["cache"]["usage"] / mib
+        out["pinned"] = rocks["cache"]["pinned"] / mib
+        out["memtab"] = sum(s["memtables"] for s in rocks["stores"].values()) / mib
+        out["readers"] = sum(s["table_readers"] for s in rocks["stores"].values()) / mib
+        out["dbs"] = sum(s["open"] for s in rocks["stores"].values())
+    malloc = raw.get("malloc") or {}
+    if malloc:
+        out["malloc_used"] = malloc["in_use"] / mib
+        out["malloc_free"] = malloc["free"] / mib
+        out["arenas"] = malloc["arenas"]
+    python = raw.get("python") or {}
+    out["pyblocks_k"] = python.get("pymalloc_blocks", 0) / 1000
+    if "gc_objects" in python:
+        out["gc_objs_k"] = python["gc_objects"] / 1000
+    out["threads"] = python.get("threads", 0)
+    if raw.get("tracemalloc_growth"):
+        out["tracemalloc"] = raw["tracemalloc_growth"]  # type: ignore[assignment]
+    return out
+
+
 @dataclass
 class Samples:
     """RSS samples: (seconds since start, messages offered by then, KiB per process), and
-    CPU seconds per process at each sample."""
+    CPU seconds, anonymous KiB and memory-probe figures per process at each sample."""
 
     rate: float
+    probe_dir: Path | None = None
     started: float = field(default_factory=time.monotonic)
     rows: list[tuple[float, float, dict[str, int]]] = field(default_factory=list)
     cpu: list[dict[str, float]] = field(default_factory=list)
+    anon: list[dict[str, int]] = field(default_factory=list)
+    probes: list[dict[str, dict[str, float]]] = field(default_factory=list)
 
     def take(self, pids: dict[str, int], offered_until: float) -> None:
         t = time.monotonic() - self.started
@@ -78,12 +133,33 @@ class Samples:
                 continue
         self.rows.append((t, self.rate * min(t, offered_until), rss))
         self.cpu.append(cpu)
+        self.anon.append({name: kib for name, pid in pids.items()
+                          if (kib := anon_kib(pid)) is not None})
+        self.probes.append({name: figures for name, pid in pids.items()
+                            if (figures := probe_figures(self.probe_dir, pid))})
 
 
 def sample_until(samples: Samples, pids: dict[str, int], stop: threading.Event,
-                 every_s: float, offered_until: float) -> None:
+                 every_s: float, offered_until: float, print_every_s: float = 60) -> None:
+    printed = 0.0
     while not stop.wait(every_s):  # the sampling period itself, not a readiness wait
         samples.take(pids, offered_until)
+        if samples.rows[-1][0] - printed >= print_every_s:
+            printed = samples.rows[-1][0]
+            print_progress(samples)
+
+
+def print_progress(samples: Samples) -> None:
+    """One line: minutes in, then RSS (MiB) of each Telex process and its block cache."""
+    t, _, rss = samples.rows[-1]
+    probes = samples.probes[-1]
+    parts = []
+    for name, kib in rss.items():
+        if name in probes:
+            p = probes[name]
+            cache = f" cache {p['cache']:.1f}" if "cache" in p else ""
+            parts.append(f"{name.split(' ')[0]} {kib / 1024:.1f}{cache}")
+    print(f"  [{t / 60:5.1f} min] " + "; ".join(parts), flush=True)
 
 
 def slope(points: list[tuple[float, float]]) -> float:
@@ -119,6 +195,15 @@ def summarise(samples: Samples, warmup_s: float, offered_until: float) -> dict[s
                      "peak_mib": round(max(rss.get(name, 0) for _, _, rss in rows) / 1024, 1),
                      "cpu_s_per_1000_msgs": round(
                          (cpu_last.get(name, 0.0) - cpu_first.get(name, 0.0)) / messages, 3)}
+        i_first, i_last = rows.index(first), len(rows) - 1
+        anon = [samples.anon[i].get(name) for i in (i_first, i_last)]
+        if None not in anon:
+            out[name]["anon_warm_mib"] = round(anon[0] / 1024, 1)  # type: ignore[operator]
+            out[name]["anon_end_mib"] = round(anon[1] / 1024, 1)  # type: ignore[operator]
+        probes = [samples.probes[i].get(name) for i in (i_first, i_last)]
+        if probes[0] and probes[1]:
+            out[name]["probe_warm"] = {k: v for k, v in probes[0].items() if k != "tracemalloc"}
+            out[name]["probe_end"] = probes[1]
     return out
 
 
@@ -164,13 +249,26 @@ def processes(r: Rig, broker_pid: int | None) -> dict[str, int]:
     return out
 
 
+def warmup_seconds(args: argparse.Namespace) -> float:
+    """The warm-up (see the module docstring): ``--warmup-min``, by default 10 minutes or a
+    third of a shorter offer."""
+    if args.warmup_min is not None:
+        return float(args.warmup_min) * 60
+    return min(600.0, args.minutes * 60 / 3)
+
+
 def soak(bootstrap: str, tmp: Path, broker_pid: int | None, args: argparse.Namespace
          ) -> dict[str, Any]:
     seconds = args.minutes * 60
     shape = "stages-apart" if args.stages_apart else "workers"
+    probe_dir = tmp / "memprobe"
+    os.environ["TELEX_MEMORY_PROBE_DIR"] = str(probe_dir)  # the workers inherit it
+    os.environ.setdefault("TELEX_MEMORY_PROBE_S", str(min(args.sample_s, 10)))
     with rig(bootstrap, tmp, shape, 0 if args.stages_apart else 1) as r:
         pids = processes(r, broker_pid)
-        samples = Samples(args.rate)
+        print("processes: " + ", ".join(f"{name} {pid}" for name, pid in pids.items()),
+              flush=True)
+        samples = Samples(args.rate, probe_dir)
         stop = threading.Event()
         sampler = threading.Thread(target=sample_until, daemon=True,
                                    args=(samples, pids, stop, args.sample_s, seconds))
@@ -195,14 +293,21 @@ def soak(bootstrap: str, tmp: Path, broker_pid: int | None, args: argparse.Names
     return {"offered": len(sent), "offer_seconds": round(offered_s, 1),
             "final_by_status": by_status, "not_final": len(not_final),
             "not_final_examples": dict(list(not_final.items())[:20]),
-            "processes": summarise(samples, seconds * args.warmup, offered_s),
-            "samples": [{"t_s": round(t, 1), "messages": round(m), "rss_kib": rss}
-                        for t, m, rss in samples.rows]}
+            "warmup_s": warmup_seconds(args),
+            "processes": summarise(samples, warmup_seconds(args), offered_s),
+            "samples": [{"t_s": round(t, 1), "messages": round(m), "rss_kib": rss,
+                         "anon_kib": anon, "probe": {
+                             name: {k: v for k, v in p.items() if k != "tracemalloc"}
+                             for name, p in probe.items()}}
+                        for (t, m, rss), anon, probe in zip(
+                            samples.rows, samples.anon, samples.probes, strict=True)]}
 
 
 def print_table(result: dict[str, Any], args: argparse.Namespace) -> None:
     print(f"\nsoak {args.minutes:g} min at {args.rate:g} msg/s: {result['offered']} offered; "
           f"final statuses {result['final_by_status']}; not final: {result['not_final']}")
+    print(f"  warm-up: the first {result['warmup_s'] / 60:g} min; 'warm' is the first sample "
+          "after it, 'end' the last of the offer")
     if result["not_final"]:
         print(f"  not final, e.g.: {result['not_final_examples']}")
     print(f"  {'process':18} {'RSS warm MiB':>12} {'RSS end MiB':>12} {'change':>8} "
@@ -211,6 +316,24 @@ def print_table(result: dict[str, Any], args: argparse.Namespace) -> None:
         print(f"  {name:18} {p['rss_warm_mib']:12.1f} {p['rss_end_mib']:12.1f} "
               f"{p['change_pct']:7.1f}% {p['slope_mib_per_100k_msgs']:14.2f} "
               f"{p['peak_mib']:9.1f} {p['cpu_s_per_1000_msgs']:9.3f}")
+    print("\n  memory at warm → end (MiB unless a count): anonymous RSS; RocksDB block cache "
+          "(memtables charged to it), memtables, table readers, open DBs; malloc in use, "
+          "free, arenas; pymalloc blocks (k); gc objects (k); threads")
+    for name, p in result["processes"].items():
+        parts = []
+        if "anon_warm_mib" in p:
+            parts.append(f"anon {p['anon_warm_mib']:.1f}→{p['anon_end_mib']:.1f}")
+        warm, end = p.get("probe_warm"), p.get("probe_end")
+        if warm and end:
+            for key in ("cache", "memtab", "readers", "dbs", "malloc_used", "malloc_free",
+                        "arenas", "pyblocks_k", "gc_objs_k", "threads"):
+                if key in warm and key in end:
+                    parts.append(f"{key} {warm[key]:.1f}→{end[key]:.1f}")
+        if parts:
+            print(f"  {name:18} " + "; ".join(parts))
+        for row in (end or {}).get("tracemalloc", [])[:10]:  # type: ignore[union-attr]
+            print(f"      +{row['size_diff'] / 1024:8.0f} KiB {row['count_diff']:+8d} "
+                  f"{row['where']}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -218,8 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=60)
     parser.add_argument("--rate", type=float, default=150)
     parser.add_argument("--sample-s", type=float, default=5)
-    parser.add_argument("--warmup", type=float, default=0.1,
-                        help="fraction of the offer time before memory is judged")
+    parser.add_argument("--warmup-min", type=float, default=None,
+                        help="minutes of the offer before memory is judged (default 10, or a "
+                        "third of a shorter offer)")
     parser.add_argument("--drain-timeout", type=float, default=600,
                         help="seconds to wait for final statuses after the offer")
     parser.add_argument("--stages-apart", action="store_true",

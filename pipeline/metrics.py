@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from collections.abc import Iterator
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 RECORDS = Counter(
     "telex_stage_records_total",
@@ -94,3 +97,44 @@ RUNTIME_RESTORED_KEYS = Counter(
     "Changelog records replayed into stores on partition assignment.",
     ["stage", "store"],
 )
+
+
+class _RocksDBCollector:
+    """RocksDB memory of this process's disk stores, read from RocksDB at each scrape
+    (:func:`pipeline.runtime.store.rocksdb_memory`). The block cache is shared by every store of
+    the process and the memtables are charged to it, so it is reported once, not per store."""
+
+    def describe(self) -> list[Metric]:
+        return []  # collected lazily: no store may be open at registration
+
+    def collect(self) -> Iterator[Metric]:
+        from pipeline.runtime.store import rocksdb_memory
+
+        figures = rocksdb_memory()
+        if not figures:
+            return
+        cache = figures["cache"]
+        for name, help_text in (
+                ("capacity", "Capacity of the process's one RocksDB block cache."),
+                ("usage", "Bytes in the block cache: data, index and filter blocks, and the "
+                 "memtables charged to it."),
+                ("pinned", "Bytes of the block cache pinned by readers (not evictable)."),
+                ("memtables_charged", "Memtable bytes charged to the block cache by the "
+                 "write buffer manager.")):
+            yield GaugeMetricFamily(f"telex_rocksdb_block_cache_{name}_bytes", help_text,
+                                    value=cache[name])
+        per_store = (
+            ("open", "telex_rocksdb_open_stores", "Open partition stores (RocksDB databases)."),
+            ("memtables", "telex_rocksdb_memtable_bytes",
+             "rocksdb.cur-size-all-mem-tables summed over the store's partitions."),
+            ("table_readers", "telex_rocksdb_table_readers_bytes",
+             "rocksdb.estimate-table-readers-mem summed over the store's partitions (outside the "
+             "block cache: index and filter blocks are cached)."))
+        for key, metric, help_text in per_store:
+            family = GaugeMetricFamily(metric, help_text, labels=["store"])
+            for store, values in sorted(figures["stores"].items()):
+                family.add_metric([store], values[key])
+            yield family
+
+
+REGISTRY.register(_RocksDBCollector())  # type: ignore[arg-type]

@@ -29,6 +29,7 @@ import threading
 
 import structlog
 
+from pipeline import memprobe
 from pipeline.cli import exits
 from pipeline.errors import ConfigError
 from pipeline.observability import configure_logging, start_metrics_server
@@ -58,6 +59,7 @@ def _run(args: argparse.Namespace) -> int:
 
         return supervise(name, ["worker", *([args.stage] if args.stage else []),
                                 "--no-supervise"])
+    memprobe.start_from_env()  # off unless TELEX_MEMORY_PROBE_DIR is set (soaks)
     try:
         if settings.metrics_port:
             log.info("metrics_listening", port=start_metrics_server(settings.metrics_port))

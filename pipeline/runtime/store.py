@@ -42,6 +42,7 @@ from __future__ import annotations
 import heapq
 import shutil
 import struct
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -60,6 +61,7 @@ __all__ = [
     "encode_entry",
     "entry_expiry",
     "entry_timer",
+    "rocksdb_memory",
 ]
 
 Entry = dict[str, Any]
@@ -279,6 +281,38 @@ def _rocksdb_options() -> Any:
     return options
 
 
+# Open disk stores of this process, for :func:`rocksdb_memory` (read by the metrics thread while
+# stage threads open and close stores: a store leaves the set before its database closes).
+_open_stores: set[DiskStore] = set()
+_open_lock = threading.Lock()
+
+#: RocksDB per-database properties summed by store name in :func:`rocksdb_memory`.
+_DB_PROPERTIES = {"memtables": "rocksdb.cur-size-all-mem-tables",
+                  "table_readers": "rocksdb.estimate-table-readers-mem"}
+
+
+def rocksdb_memory() -> dict[str, Any]:
+    """RocksDB memory of this process's open disk stores, in bytes: the one shared block cache
+    (``cache``: capacity, usage — memtables charged to it included — and pinned usage) reported
+    once, and per store name the number of open partition stores with their memtables and table
+    readers summed (``stores``). Empty before the first disk store opens."""
+    if not _shared:
+        return {}
+    cache = _shared["cache"]
+    out: dict[str, Any] = {"cache": {"capacity": _MEMORY_BYTES, "usage": cache.get_usage(),
+                                     "pinned": cache.get_pinned_usage(),
+                                     "memtables_charged": _shared["buffers"].get_usage()},
+                           "stores": {}}
+    with _open_lock:
+        for store in _open_stores:
+            figures = out["stores"].setdefault(
+                store.name, {"open": 0, **{name: 0 for name in _DB_PROPERTIES}})
+            figures["open"] += 1
+            for name, prop in _DB_PROPERTIES.items():
+                figures[name] += store._db.property_int_value(prop) or 0
+    return out
+
+
 class DiskStore(Store):
     """RocksDB via rocksdict; written only after the checkpoint that makes entries durable."""
 
@@ -301,6 +335,8 @@ class DiskStore(Store):
         self._pending: dict[str, tuple[Entry | None, int]] = {}
         self._pending_timers: list[tuple[int, str]] = []  # timers in _pending, by due time
         self._restoring: dict[bytes, bytes | None] = {}
+        with _open_lock:
+            _open_stores.add(self)
 
     def _disk(self, key: str) -> tuple[Entry, int] | None:
         raw = self._db.get(_DATA + key.encode())
@@ -447,6 +483,8 @@ class DiskStore(Store):
         self.checkpointed(changelog_end)
 
     def close(self) -> None:
+        with _open_lock:
+            _open_stores.discard(self)
         self._db.close()
 
     def destroy(self) -> None:
