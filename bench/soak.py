@@ -91,6 +91,11 @@ def probe_figures(probe_dir: Path | None, pid: int) -> dict[str, float]:
     if rocks:
         out["cache"] = rocks["cache"]["usage"] / mib
         out["pinned"] = rocks["cache"]["pinned"] / mib
+        roles = rocks["cache"].get("roles", {})
+        out["c_data"] = roles.get("DataBlock", 0) / mib
+        out["c_filter"] = roles.get("FilterBlock", 0) / mib
+        out["c_index"] = roles.get("IndexBlock", 0) / mib
+        out["c_wbuf"] = roles.get("WriteBuffer", 0) / mib
         out["memtab"] = sum(s["memtables"] for s in rocks["stores"].values()) / mib
         out["readers"] = sum(s["table_readers"] for s in rocks["stores"].values()) / mib
         out["dbs"] = sum(s["open"] for s in rocks["stores"].values())
@@ -317,16 +322,18 @@ def print_table(result: dict[str, Any], args: argparse.Namespace) -> None:
               f"{p['change_pct']:7.1f}% {p['slope_mib_per_100k_msgs']:14.2f} "
               f"{p['peak_mib']:9.1f} {p['cpu_s_per_1000_msgs']:9.3f}")
     print("\n  memory at warm → end (MiB unless a count): anonymous RSS; RocksDB block cache "
-          "(memtables charged to it), memtables, table readers, open DBs; malloc in use, "
-          "free, arenas; pymalloc blocks (k); gc objects (k); threads")
+          "(memtables charged to it) and its data, filter, index and write-buffer parts, "
+          "memtables, table readers, open DBs; malloc in use, free, arenas; pymalloc blocks (k); "
+          "gc objects (k); threads")
     for name, p in result["processes"].items():
         parts = []
         if "anon_warm_mib" in p:
             parts.append(f"anon {p['anon_warm_mib']:.1f}→{p['anon_end_mib']:.1f}")
         warm, end = p.get("probe_warm"), p.get("probe_end")
         if warm and end:
-            for key in ("cache", "memtab", "readers", "dbs", "malloc_used", "malloc_free",
-                        "arenas", "pyblocks_k", "gc_objs_k", "threads"):
+            for key in ("cache", "c_data", "c_filter", "c_index", "c_wbuf", "memtab", "readers",
+                        "dbs", "malloc_used", "malloc_free", "arenas", "pyblocks_k", "gc_objs_k",
+                        "threads"):
                 if key in warm and key in end:
                     parts.append(f"{key} {warm[key]:.1f}→{end[key]:.1f}")
         if parts:

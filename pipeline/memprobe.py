@@ -89,7 +89,8 @@ def _write(path: Path, figures: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-def _probe(path: Path, every_s: float, gc_objects: bool, baseline_s: float) -> None:
+def _probe(path: Path, every_s: float, gc_objects: bool, baseline_s: float,
+           stop: threading.Event) -> None:
     started = time.monotonic()
     baseline: tracemalloc.Snapshot | None = None
     while True:
@@ -103,21 +104,24 @@ def _probe(path: Path, every_s: float, gc_objects: bool, baseline_s: float) -> N
                     {"where": str(s.traceback), "size_diff": s.size_diff,
                      "count_diff": s.count_diff} for s in stats[:15]]
         _write(path, figures)
-        time.sleep(every_s)  # the probe's period, not a readiness wait
+        if stop.wait(every_s):  # the probe's period, not a readiness wait
+            return
 
 
-def start_from_env() -> bool:
-    """Start the probe thread when ``TELEX_MEMORY_PROBE_DIR`` is set; returns whether it did."""
+def start_from_env() -> threading.Event | None:
+    """Start the probe thread when ``TELEX_MEMORY_PROBE_DIR`` is set; returns the event that
+    stops it (None: not started)."""
     where = os.environ.get("TELEX_MEMORY_PROBE_DIR")
     if not where:
-        return False
+        return None
     frames = int(os.environ.get("TELEX_TRACEMALLOC") or 0)
     if frames and not tracemalloc.is_tracing():
         tracemalloc.start(frames)
     path = Path(where) / f"{os.getpid()}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
+    stop = threading.Event()
     threading.Thread(target=_probe, name="memory-probe", daemon=True, args=(
         path, float(os.environ.get("TELEX_MEMORY_PROBE_S") or 10),
         os.environ.get("TELEX_MEMORY_PROBE_GC") == "1",
-        float(os.environ.get("TELEX_MEMORY_PROBE_BASELINE_S") or 300))).start()
-    return True
+        float(os.environ.get("TELEX_MEMORY_PROBE_BASELINE_S") or 300), stop)).start()
+    return stop

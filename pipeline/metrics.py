@@ -123,6 +123,14 @@ class _RocksDBCollector:
                  "write buffer manager.")):
             yield GaugeMetricFamily(f"telex_rocksdb_block_cache_{name}_bytes", help_text,
                                     value=cache[name])
+        roles = GaugeMetricFamily(
+            "telex_rocksdb_block_cache_role_bytes",
+            "Block cache bytes by role (DataBlock, FilterBlock, IndexBlock, WriteBuffer: the "
+            "memtables' charge, ...), from RocksDB's entry statistics (up to a minute old).",
+            labels=["role"])
+        for role, size in sorted(cache["roles"].items()):
+            roles.add_metric([role], size)
+        yield roles
         per_store = (
             ("open", "telex_rocksdb_open_stores", "Open partition stores (RocksDB databases)."),
             ("memtables", "telex_rocksdb_memtable_bytes",

@@ -40,3 +40,20 @@ def free_ports(count: int) -> list[int]:
         for s in socks:
             s.bind(("127.0.0.1", 0))
         return [s.getsockname()[1] for s in socks]
+
+
+_M_ARENA_MAX = -8  # mallopt parameter (glibc malloc.h)
+
+
+def limit_malloc_arenas(arenas: int) -> bool:
+    """Cap glibc's malloc arenas of this process at ``arenas`` (``mallopt(M_ARENA_MAX)``) unless
+    ``MALLOC_ARENA_MAX`` is set in the environment (an operator's choice wins). Call it before
+    the process starts threads: the cap applies to arenas created afterwards. Returns whether
+    the cap was set (False also where mallopt is missing, e.g. musl)."""
+    if os.environ.get("MALLOC_ARENA_MAX"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_ARENA_MAX, int(arenas)))

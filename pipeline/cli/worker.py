@@ -33,11 +33,18 @@ from pipeline import memprobe
 from pipeline.cli import exits
 from pipeline.errors import ConfigError
 from pipeline.observability import configure_logging, start_metrics_server
-from pipeline.procutil import die_with_parent
+from pipeline.procutil import die_with_parent, limit_malloc_arenas
 from pipeline.runtime import registry
 from pipeline.settings import Settings, get_settings
 
 log = structlog.get_logger("telex.worker")
+
+# glibc gives each thread that contends for malloc an arena of its own, up to 8 per core: 16 on
+# the 2-core soak box, where the whole-topology worker (stage threads, librdkafka's and RocksDB's
+# threads) and dispatch used all 16 and held 15-17 MiB free-but-unreturned in them, growing
+# (bench.soak, ADR 0003 amendment 2026-11-29). Two arenas keep that bounded at no measurable CPU
+# cost (same soak). MALLOC_ARENA_MAX in the environment overrides it.
+_MALLOC_ARENAS = 2
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -51,6 +58,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    limit_malloc_arenas(_MALLOC_ARENAS)  # before any thread starts
     settings = get_settings()
     configure_logging(settings.log_level)
     name = args.stage or "topology"

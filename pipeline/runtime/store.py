@@ -40,6 +40,7 @@ encoded entry parses the JSON only when the bytes contain the field name.
 from __future__ import annotations
 
 import heapq
+import re
 import shutil
 import struct
 import threading
@@ -251,24 +252,52 @@ _TIMERS = b"t"
 _OFFSET_KEY = b"m:changelog_end"
 
 
-# One memory budget for every disk store of a process: one block cache (holding index and filter
-# blocks too, else they grow with the data) with the memtables charged to it; RocksDB's defaults
-# would give every partition's store its own cache and 64 MB memtables, growing with the data.
-_MEMORY_BYTES = 64 << 20
+# RocksDB memory budget of a process: one block cache (holding index and filter blocks too, else
+# they grow with the data) with the memtables charged to it through a write buffer manager;
+# RocksDB's defaults would give every partition's store its own cache and 64 MB memtables, growing
+# with the data. The cache fills to its capacity whatever the working set: compaction rewrites
+# files under new cache keys and the blocks of the files it deleted leave only by LRU eviction.
+# So the budget is what the process holds after warm-up, and it is sized per open partition
+# store: _MEMORY_PER_STORE each (capacity = that times the open stores, resized as stores open and
+# close), half of it for memtables. Measured (bench.soak at 150 msg/s, ADR 0003 amendment
+# 2026-11-29): at 64 MiB per process the cache was still filling after an hour (the
+# whole-topology worker's data blocks +2.3 MiB/min, dispatch's +0.6), RSS +40 %; at 2 MiB per
+# store (whole-topology worker: 18 stores, 36 MiB; dispatch: 6, 12 MiB) both fill within the
+# 10-minute warm-up and CPU per message did not change measurably. The memtables get the same
+# ~1 MiB per store the whole-topology worker had before (64 MiB / 3 over 18 stores); the data
+# blocks mostly serve reads of keys written minutes earlier. Production rates and retention
+# (hundreds of millions of dedup keys) need more: filter blocks then outgrow any fixed budget.
+_MEMORY_PER_STORE = 2 << 20
+_MEMTABLE_SHARE = 2  # memtables may take 1/_MEMTABLE_SHARE of the budget
 _WRITE_BUFFER_BYTES = 2 << 20  # per store memtable
 _LOCK_WAIT_S = 30.0  # a previous owner of the directory (this process or one exiting) may hold it
 _shared: dict[str, Any] = {}
 
 
+def _budget(stores: int) -> int:
+    """The process's RocksDB memory budget (block cache capacity) with ``stores`` open."""
+    return _MEMORY_PER_STORE * max(1, stores)
+
+
+def _resize(stores: int) -> None:
+    """Fit the shared cache and write buffer manager to ``stores`` open stores."""
+    if _shared:
+        budget = _budget(stores)
+        _shared["cache"].set_capacity(budget)
+        _shared["buffers"].set_buffer_size(budget // _MEMTABLE_SHARE)
+        _shared["capacity"] = budget
+
+
 def _rocksdb_options() -> Any:
-    """RocksDB options with the process-wide memory budget above and a bloom filter (most
+    """RocksDB options sharing the process-wide memory budget above, and a bloom filter (most
     lookups are of keys never stored: a first request, a first attempt)."""
     from rocksdict import BlockBasedOptions, Cache, Options, WriteBufferManager
 
     if not _shared:
-        _shared["cache"] = Cache(_MEMORY_BYTES)
+        _shared["cache"] = Cache(_budget(1))
         _shared["buffers"] = WriteBufferManager.new_write_buffer_manager_with_cache(
-            _MEMORY_BYTES // 3, False, _shared["cache"])
+            _budget(1) // _MEMTABLE_SHARE, False, _shared["cache"])
+        _shared["capacity"] = _budget(1)
     table = BlockBasedOptions()
     table.set_block_cache(_shared["cache"])
     table.set_cache_index_and_filter_blocks(True)
@@ -291,20 +320,36 @@ _DB_PROPERTIES = {"memtables": "rocksdb.cur-size-all-mem-tables",
                   "table_readers": "rocksdb.estimate-table-readers-mem"}
 
 
+_ROLE = re.compile(r"(\w+)\((\d+),[^,]*,([\d.e+-]+)%\)")
+
+
+def _cache_roles(db: Any) -> dict[str, int]:
+    """Bytes of the block cache by role (DataBlock, FilterBlock, IndexBlock, WriteBuffer: the
+    memtables' charge, ...), from RocksDB's cache entry statistics (at most a minute old: RocksDB
+    rescans the cache only that often)."""
+    text = db.property_value("rocksdb.block-cache-entry-stats") or ""
+    return {role: round(float(portion) / 100 * _shared["capacity"])
+            for role, _count, portion in _ROLE.findall(text.split("entry stats", 1)[-1])}
+
+
 def rocksdb_memory() -> dict[str, Any]:
     """RocksDB memory of this process's open disk stores, in bytes: the one shared block cache
-    (``cache``: capacity, usage — memtables charged to it included — and pinned usage) reported
-    once, and per store name the number of open partition stores with their memtables and table
-    readers summed (``stores``). Empty before the first disk store opens."""
+    (``cache``: capacity, usage — memtables charged to it included — pinned usage, and usage by
+    role) reported once, and per store name the number of open partition stores with their
+    memtables and table readers summed (``stores``). Empty before the first disk store opens."""
     if not _shared:
         return {}
     cache = _shared["cache"]
-    out: dict[str, Any] = {"cache": {"capacity": _MEMORY_BYTES, "usage": cache.get_usage(),
+    out: dict[str, Any] = {"cache": {"capacity": _shared["capacity"],
+                                     "usage": cache.get_usage(),
                                      "pinned": cache.get_pinned_usage(),
-                                     "memtables_charged": _shared["buffers"].get_usage()},
+                                     "memtables_charged": _shared["buffers"].get_usage(),
+                                     "roles": {}},
                            "stores": {}}
     with _open_lock:
         for store in _open_stores:
+            if not out["cache"]["roles"]:  # the cache is shared: any store reports it
+                out["cache"]["roles"] = _cache_roles(store._db)
             figures = out["stores"].setdefault(
                 store.name, {"open": 0, **{name: 0 for name in _DB_PROPERTIES}})
             figures["open"] += 1
@@ -337,6 +382,7 @@ class DiskStore(Store):
         self._restoring: dict[bytes, bytes | None] = {}
         with _open_lock:
             _open_stores.add(self)
+            _resize(len(_open_stores))
 
     def _disk(self, key: str) -> tuple[Entry, int] | None:
         raw = self._db.get(_DATA + key.encode())
@@ -485,6 +531,7 @@ class DiskStore(Store):
     def close(self) -> None:
         with _open_lock:
             _open_stores.discard(self)
+            _resize(len(_open_stores))
         self._db.close()
 
     def destroy(self) -> None:

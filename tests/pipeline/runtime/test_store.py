@@ -268,3 +268,39 @@ def test_a_disk_store_keeps_its_timer_index_across_reopening(tmp_path: Path):
     assert again.restore_from() == 5
     assert again.due(100, 10) == ["a"]
     again.close()
+
+
+def test_rocksdb_memory_reports_the_shared_cache_once_and_each_store_by_name(tmp_path: Path):
+    """Open disk stores are summed by store name (partitions counted); the block cache, shared
+    by every store of the process, is one figure with its budget as capacity."""
+    from pipeline.runtime.store import rocksdb_memory
+
+    opened = [DiskStore("mem-a", p, None, tmp_path / f"a{p}") for p in (0, 1)]
+    opened.append(DiskStore("mem-b", 0, None, tmp_path / "b0"))
+    for store in opened:
+        KeyState(store, "k", now_ms=1).set("n", 1)
+        store.checkpointed(1)
+    figures = rocksdb_memory()
+    assert figures["cache"]["usage"] >= figures["cache"]["pinned"] >= 0
+    assert figures["stores"]["mem-a"]["open"] == 2
+    assert figures["stores"]["mem-b"]["open"] == 1
+    assert figures["stores"]["mem-a"]["memtables"] > 0  # the checkpoint's write is in one
+    assert figures["cache"]["roles"]  # the memtables' charge at least (WriteBuffer)
+    for store in opened:
+        store.close()
+    assert {"mem-a", "mem-b"}.isdisjoint(rocksdb_memory()["stores"])
+
+
+def test_the_rocksdb_budget_follows_the_number_of_open_stores(tmp_path: Path):
+    """The shared block cache (memtables charged to it) gets a fixed budget per open partition
+    store: opening stores raises its capacity, closing them lowers it again."""
+    from pipeline.runtime.store import _MEMORY_PER_STORE, rocksdb_memory
+
+    first = DiskStore("budget", 0, None, tmp_path / "0")
+    before = rocksdb_memory()["cache"]["capacity"]
+    opened = [DiskStore("budget", p, None, tmp_path / str(p)) for p in (1, 2)]
+    assert rocksdb_memory()["cache"]["capacity"] == before + 2 * _MEMORY_PER_STORE
+    for store in opened:
+        store.close()
+    assert rocksdb_memory()["cache"]["capacity"] == before
+    first.close()
