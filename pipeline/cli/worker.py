@@ -39,11 +39,12 @@ from pipeline.settings import Settings, get_settings
 
 log = structlog.get_logger("telex.worker")
 
-# glibc gives each thread that contends for malloc an arena of its own, up to 8 per core: 16 on
-# the 2-core soak box, where the whole-topology worker (stage threads, librdkafka's and RocksDB's
-# threads) and dispatch used all 16 and held 15-17 MiB free-but-unreturned in them, growing
-# (bench.soak, ADR 0003 amendment 2026-11-29). Two arenas keep that bounded at no measurable CPU
-# cost (same soak). MALLOC_ARENA_MAX in the environment overrides it.
+# glibc gives each thread that contends for malloc an arena of its own, up to 8 per core: the
+# whole-topology worker (stage threads, librdkafka's and RocksDB's threads) and dispatch used all
+# 16 on the 2-core soak box, holding 15-17 MiB free-but-unreturned at 10 minutes of bench.soak at
+# 150 msg/s; with 2 arenas, 7.6 and 5.6 MiB (ADR 0003, amendment 2026-11-29). It still creeps (both
+# ~+7 MiB over the next 40 minutes, malloc's in-use memory flat): fragmentation, not a leak.
+# MALLOC_ARENA_MAX in the environment overrides this.
 _MALLOC_ARENAS = 2
 
 

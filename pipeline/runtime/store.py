@@ -262,11 +262,12 @@ _OFFSET_KEY = b"m:changelog_end"
 # close), half of it for memtables. Measured (bench.soak at 150 msg/s, ADR 0003 amendment
 # 2026-11-29): at 64 MiB per process the cache was still filling after an hour (the
 # whole-topology worker's data blocks +2.3 MiB/min, dispatch's +0.6), RSS +40 %; at 2 MiB per
-# store (whole-topology worker: 18 stores, 36 MiB; dispatch: 6, 12 MiB) both fill within the
-# 10-minute warm-up and CPU per message did not change measurably. The memtables get the same
-# ~1 MiB per store the whole-topology worker had before (64 MiB / 3 over 18 stores); the data
-# blocks mostly serve reads of keys written minutes earlier. Production rates and retention
-# (hundreds of millions of dedup keys) need more: filter blocks then outgrow any fixed budget.
+# store (whole-topology worker: 18 stores, 36 MiB; dispatch: 6, 12 MiB) both are full by 10-12
+# minutes and CPU per message did not rise (worker 2,875 µs, dispatch 880; 2,960 and 928 before).
+# The memtables get the ~1 MiB per store the whole-topology worker had before (64 MiB / 3 over 18
+# stores); the data blocks mostly serve reads of keys written minutes earlier. Production rates
+# and retention (hundreds of millions of dedup keys) need more: filter blocks then outgrow any
+# fixed budget, so this should become a setting sized per deployment.
 _MEMORY_PER_STORE = 2 << 20
 _MEMTABLE_SHARE = 2  # memtables may take 1/_MEMTABLE_SHARE of the budget
 _WRITE_BUFFER_BYTES = 2 << 20  # per store memtable
@@ -281,7 +282,7 @@ def _budget(stores: int) -> int:
 
 def _resize(stores: int) -> None:
     """Fit the shared cache and write buffer manager to ``stores`` open stores."""
-    if _shared:
+    if "cache" in _shared:
         budget = _budget(stores)
         _shared["cache"].set_capacity(budget)
         _shared["buffers"].set_buffer_size(budget // _MEMTABLE_SHARE)
@@ -293,11 +294,13 @@ def _rocksdb_options() -> Any:
     lookups are of keys never stored: a first request, a first attempt)."""
     from rocksdict import BlockBasedOptions, Cache, Options, WriteBufferManager
 
-    if not _shared:
-        _shared["cache"] = Cache(_budget(1))
-        _shared["buffers"] = WriteBufferManager.new_write_buffer_manager_with_cache(
-            _budget(1) // _MEMTABLE_SHARE, False, _shared["cache"])
-        _shared["capacity"] = _budget(1)
+    with _open_lock:  # stage threads open their first stores together
+        if not _shared:
+            cache = Cache(_budget(1))
+            _shared["buffers"] = WriteBufferManager.new_write_buffer_manager_with_cache(
+                _budget(1) // _MEMTABLE_SHARE, False, cache)
+            _shared["capacity"] = _budget(1)
+            _shared["cache"] = cache  # last: rocksdb_memory() reads the others once it is set
     table = BlockBasedOptions()
     table.set_block_cache(_shared["cache"])
     table.set_cache_index_and_filter_blocks(True)
@@ -337,7 +340,7 @@ def rocksdb_memory() -> dict[str, Any]:
     (``cache``: capacity, usage — memtables charged to it included — pinned usage, and usage by
     role) reported once, and per store name the number of open partition stores with their
     memtables and table readers summed (``stores``). Empty before the first disk store opens."""
-    if not _shared:
+    if "cache" not in _shared:
         return {}
     cache = _shared["cache"]
     out: dict[str, Any] = {"cache": {"capacity": _shared["capacity"],
