@@ -7,6 +7,7 @@ import ctypes
 import os
 import signal
 import socket
+import threading
 from collections.abc import Callable
 
 _PR_SET_PDEATHSIG = 1
@@ -57,3 +58,32 @@ def limit_malloc_arenas(arenas: int) -> bool:
     except (OSError, AttributeError):
         return False
     return bool(mallopt(_M_ARENA_MAX, int(arenas)))
+
+
+def malloc_trim() -> bool:
+    """Give glibc's free-but-held heap memory back to the kernel (``malloc_trim(0)``, which also
+    releases whole free pages inside the heap). Returns whether any memory was released (False
+    also where malloc_trim is missing, e.g. musl)."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    return bool(trim(0))
+
+
+def trim_malloc_every(interval_s: float,
+                      trim: Callable[[], bool] = malloc_trim) -> threading.Event:
+    """Call ``trim`` every ``interval_s`` on a daemon thread until the returned event is set.
+
+    Why: a worker's RocksDB block cache and memtables churn (blocks evicted, memtables flushed)
+    while what it holds stays bounded; glibc keeps the freed chunks, fragmented, and resident
+    memory creeps up although malloc's in-use memory is flat (ADR 0003, memory amendments).
+    """
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(interval_s):  # the wait is the period, not a readiness check
+            trim()
+
+    threading.Thread(target=loop, name="malloc-trim", daemon=True).start()
+    return stop
