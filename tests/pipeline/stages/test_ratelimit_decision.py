@@ -1,5 +1,7 @@
 """The rate-limit verdict: release, defer, queue full, expired in queue."""
 
+from typing import Any
+
 from pipeline.codec import AvroCodec
 from pipeline.errors import Code
 from pipeline.runtime.stage import Record
@@ -68,18 +70,25 @@ def test_recently_queued_bucket_routes_due_messages_through_the_scheduler():
     assert later.kind == "release"
 
 
+def _stage_at(now_s: float) -> tuple[RateLimitStage, AvroCodec, Settings, dict[str, Any]]:
+    """A rate-limit stage on default limits whose clock reads ``now_s``, and a one-segment SMS
+    from a demo long code valid for an hour."""
+    codec = AvroCodec()
+    settings = Settings()
+    stage = RateLimitStage(settings, Limits.from_mapping({}, DEMO_SENDERS), codec,
+                           clock=lambda: now_s)
+    msg = sample("message_accepted", sender="+14155550100", channel="sms", segments=1,
+                 expires_at_ms=int(now_s * 1000) + HOUR)
+    return stage, codec, settings, msg
+
+
 def test_direct_release_is_stamped_with_the_decision_time():
     """A message the sender bucket releases at once carries the time the slot was booked as
     its Kafka timestamp, the clock the scheduler stamps deferred releases with: produced later
     (after the rest of the batch), it would otherwise land closer to the deferred slots than
     the bucket allows."""
-    codec = AvroCodec()
     decided_at = 1_800_000_000.25
-    settings = Settings()
-    stage = RateLimitStage(settings, Limits.from_mapping({}, DEMO_SENDERS), codec,
-                           clock=lambda: decided_at)
-    msg = sample("message_accepted", sender="+14155550100", channel="sms", segments=1,
-                 expires_at_ms=int(decided_at * 1000) + HOUR)
+    stage, codec, settings, msg = _stage_at(decided_at)
     topic = settings.topic("rl-sender")
     record = Record(topic, 0, 0, bucket_of(SENDER, msg),
                     codec.encode("message_accepted", msg), None, 0)
@@ -92,13 +101,8 @@ def test_direct_release_is_stamped_with_the_decision_time():
 def test_the_steps_of_a_worker_decode_a_message_once():
     """The same value bytes passing the three bucket steps are decoded once; an undecodable
     record is not remembered and still dead-letters."""
-    codec = AvroCodec()
     now = 1_800_000_000.0
-    settings = Settings()
-    stage = RateLimitStage(settings, Limits.from_mapping({}, DEMO_SENDERS), codec,
-                           clock=lambda: now)
-    msg = sample("message_accepted", sender="+14155550100", channel="sms", segments=1,
-                 expires_at_ms=int(now * 1000) + HOUR)
+    stage, codec, settings, msg = _stage_at(now)
     value = codec.encode("message_accepted", msg)
     decoded = []
     real = codec.decode
