@@ -71,6 +71,9 @@ H_RESEND_AVOID = "telex.resend.avoid"  # on a resend to dispatch-ready: the conn
 # On a deadline (a StatusUpdate with ``timer``) written straight to status-updates: its due time
 # (epoch ms). The status stage keeps it as a timer in the message's entry until then.
 H_TIMER_DUE = "telex.timer.due_ms"
+# On every delivery-status event of a message that has a status callback URL: the URL, so the
+# callbacks stage needs no second input to learn it (docs/adr/0005-status-callbacks.md).
+H_CALLBACK_URL = "telex.callback.url"
 # Read only: reconcile deadlines still in flight in the delay tiers from before deadlines
 # became store timers.
 H_DEADLINE = "telex.reconcile.deadline"

@@ -45,7 +45,8 @@ IN_DOUBT = "in_doubt"  # an attempt a crash left unknown waits for a receipt nam
 
 UPDATE_FIELDS = ("message_id", "source", "status", "timer", "attempt", "account_id", "channel",
                  "event_time_ms", "error_code", "error_reason", "carrier_message_id",
-                 "connector", "carrier_status", "segments", "trace_id", "resend_message")
+                 "connector", "carrier_status", "segments", "trace_id", "resend_message",
+                 "status_callback_url")
 
 
 def update_record(message_id: str, source: str, event_time_ms: int, **fields: Any

@@ -69,9 +69,14 @@ class Decision:
 
 
 def _status(req: Mapping[str, Any], status: str, now_ms: int, **extra: Any) -> Emit:
+    # The callback URL rides on the first update (the status stage keeps it), unless the URL
+    # itself is why the request failed.
+    url = None if extra.get("error_code") == Code.INVALID_CALLBACK_URL else (
+        req.get("status_callback_url") or None)
     return Emit("status-updates", "status_update", update_record(
         req["message_id"], STAGE, now_ms, status=status, account_id=req["account_id"],
-        channel=req["channel"], trace_id=req.get("trace_id"), **extra))
+        channel=req["channel"], trace_id=req.get("trace_id"), status_callback_url=url,
+        **extra))
 
 
 def decide(

@@ -68,6 +68,7 @@ class MessageStatus:
     trace_id: str | None = None
     resends: int = 0
     resend_message: bytes | None = None  # MessageAccepted as dispatched, while resendable
+    callback_url: str | None = None  # the customer's status callback URL, from ingest
 
     def to_state(self) -> dict[str, Any]:
         state = {k: getattr(self, k) for k in self.__slots__}
@@ -130,6 +131,8 @@ def apply(state: MessageStatus | None, update: Mapping[str, Any], now_ms: int,
                                  f"({update.get('source')}) does not say whose it is")
         state = MessageStatus(account_id=update["account_id"], channel=update["channel"],
                               trace_id=update.get("trace_id"))
+    if update.get("status_callback_url") and state.callback_url is None:
+        state = replace(state, callback_url=update["status_callback_url"])
     if update.get("timer"):
         return _deadline(state, update, now_ms)
     status = update.get("status")

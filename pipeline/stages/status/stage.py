@@ -17,7 +17,9 @@ record released by the delay tiers, which the stage no longer writes to) or alre
 applied at once.
 
 Outputs, keyed by message id:
-- ``delivery-status``         DeliveryStatus history, every event, sequence 1, 2, … per message;
+- ``delivery-status``         DeliveryStatus history, every event, sequence 1, 2, … per message,
+                              headed :data:`H_CALLBACK_URL` when the message has a status
+                              callback URL (ingest's first update names it; the entry keeps it);
 - ``delivery-status-latest``  compacted: the event that last moved the message's status,
                               written once per checkpoint per message that moved (a runtime
                               view: up to ``TELEX_COMMIT_INTERVAL_S`` behind the history);
@@ -41,7 +43,7 @@ from typing import Any
 import structlog
 
 from pipeline.codec import AvroCodec
-from pipeline.headers import H_RESEND_AVOID, H_TIMER_DUE
+from pipeline.headers import H_CALLBACK_URL, H_RESEND_AVOID, H_TIMER_DUE
 from pipeline.metrics import PROCESSING_SECONDS, RECORDS, RETRIES
 from pipeline.records import UPDATE_FIELDS
 from pipeline.runtime.stage import Input, KeyedStage, Out, Record, StoreSpec
@@ -143,7 +145,9 @@ class StatusStage(KeyedStage):
         message_id = update["message_id"]
         encode = self._codec.encode
         values = [encode("delivery_status", e) for e in result.events]
-        outs = [Out("delivery-status", message_id, v) for v in values]
+        url = result.state.callback_url
+        headers = [(H_CALLBACK_URL, url.encode())] if url else []
+        outs = [Out("delivery-status", message_id, v, headers) for v in values]
         if result.latest is not None:
             # The latest view is the moving event itself: its bytes are the history record's
             # (an encoding is ~10 µs, and nearly every update moves the status).

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.codec import AvroCodec
-from pipeline.headers import H_TIMER_DUE
+from pipeline.headers import H_CALLBACK_URL, H_TIMER_DUE
 from pipeline.records import IN_DOUBT, update_record
 from pipeline.runtime.stage import Out, Record
 from pipeline.runtime.store import DiskStore, KeyState, MemoryStore, Store
@@ -124,3 +124,19 @@ def test_a_deadline_released_by_the_delay_tiers_is_still_applied(stage: StatusSt
     outs = _feed(stage, store, legacy, 11_000)
     assert _statuses(outs)[0] == ("delivery-status", "undelivered", 30008)
     assert stage.punctuate(11_000, store) == []  # the booked timer is dead now
+
+
+def test_every_event_of_a_message_with_a_callback_url_is_headed_with_it(
+        stage: StatusStage, store: Store):
+    """Ingest's first update names the URL; the entry keeps it; each history event carries it
+    (the callbacks stage's only source), the latest view and other messages' events do not."""
+    url = "https://hooks.example.com/telex?t=1"
+    accepted = update_record("m1", "ingest", 500, status="accepted", account_id="acc",
+                             channel="sms", status_callback_url=url)
+    outs = _feed(stage, store, accepted, 500) + _feed(stage, store, _sent(at_ms=1_000), 1_000)
+    history = [o for o in outs if o.topic == "delivery-status"]
+    assert [CODEC.decode(o.value)["sequence"] for o in history] == [1, 2]
+    assert all(o.headers == [(H_CALLBACK_URL, url.encode())] for o in history)
+    assert all(not o.headers for o in outs if o.topic == "delivery-status-latest")
+    other = _feed(stage, store, _sent("m2"), 1_000)
+    assert all(not o.headers for o in other)
