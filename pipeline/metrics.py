@@ -72,6 +72,30 @@ CONNECTOR_BREAKER_STATE = Gauge(
     "Circuit breaker per connector: 0 closed, 1 half-open, 2 open.",
     ["connector"],
 )
+CALLBACK_ATTEMPTS = Counter(
+    "telex_callback_attempts_total",
+    "Status callback attempts, by answer class (2xx, 3xx, 4xx, 410, 5xx, timeout, connect, "
+    "tls, protocol, refused) and verdict (delivered, retry, give_up, disable).",
+    ["answer", "verdict"],
+)
+CALLBACK_SECONDS = Histogram(
+    "telex_callback_attempt_seconds",
+    "Duration of one callback attempt (resolve, connect, answer), by answer class.",
+    ["answer"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+CALLBACK_IN_FLIGHT = Gauge(
+    "telex_callback_in_flight", "Callback attempts in flight in this worker.")
+CALLBACK_HOSTS = Gauge(
+    "telex_callback_hosts",
+    "Endpoint hosts this worker knows, by breaker state (closed, open, half_open, disabled).",
+    ["state"],
+)
+CALLBACK_DEAD_LETTERED = Counter(
+    "telex_callback_dead_lettered_total",
+    "Callbacks given up and written to dlq-callbacks, by reason class.",
+    ["reason"],
+)
 RUNTIME_BATCH_RECORDS = Histogram(
     "telex_runtime_batch_records", "Records per polled batch of a batch-runtime stage.",
     ["stage"], buckets=(1, 10, 50, 100, 500, 1000, 2000, 5000),

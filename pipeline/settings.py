@@ -188,6 +188,42 @@ class Settings(BaseSettings):
         description="TELEX_RECEIPT_RESENDS: resends through another route after a receipt "
         "with a resendable failure (30003, 30008, 30017) on SMS; 0 disables them.",
     )
+    callback_secrets_file: str | None = Field(
+        None, validation_alias="TELEX_CALLBACK_SECRETS_FILE",
+        description="TELEX_CALLBACK_SECRETS_FILE: JSON of account -> 1 or 2 whsec_ signing "
+        "secrets (newest first; '*' for every other account). Without it the callbacks stage "
+        "does not start.",
+    )
+    callback_timeout_s: float = Field(
+        10.0, gt=0, le=60, validation_alias="TELEX_CALLBACK_TIMEOUT_S",
+        description="TELEX_CALLBACK_TIMEOUT_S: one callback attempt's budget (connect, send, "
+        "answer), 10 s.",
+    )
+    callback_retry_ceilings_s: str = Field(
+        "60,300,1800,7200,18000,28800,28800", validation_alias="TELEX_CALLBACK_RETRY_CEILINGS_S",
+        description="TELEX_CALLBACK_RETRY_CEILINGS_S: ceilings of the waits between attempts "
+        "(full jitter under each); attempts = entries + 1. Default: 8 attempts, ~24 h at worst.",
+    )
+    callback_host_concurrency: int = Field(
+        16, ge=1, le=1000, validation_alias="TELEX_CALLBACK_HOST_CONCURRENCY",
+        description="TELEX_CALLBACK_HOST_CONCURRENCY: attempts in flight to one endpoint host "
+        "across all callbacks workers together (each holds its partitions' share).",
+    )
+    callback_account_concurrency: int = Field(
+        64, ge=1, le=10_000, validation_alias="TELEX_CALLBACK_ACCOUNT_CONCURRENCY",
+        description="TELEX_CALLBACK_ACCOUNT_CONCURRENCY: attempts in flight for one account "
+        "across all callbacks workers together.",
+    )
+    callback_breaker_failures: int = Field(
+        5, ge=1, le=1000, validation_alias="TELEX_CALLBACK_BREAKER_FAILURES",
+        description="TELEX_CALLBACK_BREAKER_FAILURES: consecutive failed attempts (no answer, "
+        "408/429/5xx) that open a host's circuit breaker.",
+    )
+    callback_disable_after_s: float = Field(
+        86_400.0, gt=0, validation_alias="TELEX_CALLBACK_DISABLE_AFTER_S",
+        description="TELEX_CALLBACK_DISABLE_AFTER_S: a host failing without one success for "
+        "this long is disabled (its callbacks dead-lettered) until a worker restarts.",
+    )
 
     @field_validator("kafka_bootstrap_servers")
     @classmethod

@@ -96,6 +96,9 @@ STAGES: tuple[StageSpec, ...] = (
               description="the one owner of each message's status"),
     StageSpec("webhooks", "service", "pipeline.stages.webhooks:run", (),
               needs="carriers_file", description="receives carriers' status webhooks"),
+    StageSpec("callbacks", "batch", "pipeline.stages.callbacks.stage:build",
+              ("delivery-status",), ("callbacks",), needs="callback_secrets_file",
+              optional=True, description="signed status callbacks to customers' URLs"),
     StageSpec("pgsink", "batch", "pipeline.stages.pgsink:build", ("delivery-status",),
               needs="database_url", optional=True,
               description="writes the status history to PostgreSQL"),
@@ -124,7 +127,7 @@ def dead_letter_topics() -> tuple[str, ...]:
 
 
 #: Dead-letter topics of stages not built yet, created so their consumers can be set up first.
-RESERVED_DEAD_LETTERS = ("dlq-callbacks",)
+RESERVED_DEAD_LETTERS: tuple[str, ...] = ()
 
 
 def changelogs() -> tuple[tuple[str, str], ...]:

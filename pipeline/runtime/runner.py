@@ -300,10 +300,13 @@ class StageRunner:
         now_ms = int(self._clock() * 1000)
         if due_ms is None or due_ms > now_ms:
             return
-        outs = self.stage.wake(now_ms)
+        before = sum(store.dirty_count() for store in self._stores.values())
+        outs = self.stage.wake(now_ms, self._stores)
         if outs:
             self._produce(outs)
-            self._uncommitted += len(outs)
+        changed = sum(store.dirty_count() for store in self._stores.values()) - before
+        if outs or changed:
+            self._uncommitted += max(len(outs), changed)
 
     def punctuate(self) -> None:
         """Fire every assigned store's due timers; outputs are produced, changes checkpointed."""

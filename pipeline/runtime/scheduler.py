@@ -125,7 +125,8 @@ class Scheduler(Stage):
             self._buffer(record, now_ms)
         return self._turn(now_ms)
 
-    def wake(self, now_ms: int) -> list[Out]:
+    def wake(self, now_ms: int,
+             stores: Mapping[tuple[str, int], Store] | None = None) -> list[Out]:
         return self._turn(now_ms)
 
     def next_wake_ms(self) -> float | None:

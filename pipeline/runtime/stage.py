@@ -201,8 +201,10 @@ class Stage:
         ends then and :meth:`wake` runs, to the millisecond. None: nothing due."""
         return None
 
-    def wake(self, now_ms: int) -> list[Out]:
-        """Outputs of the held work due by ``now_ms``; checkpointed like a batch's."""
+    def wake(self, now_ms: int, stores: Mapping[tuple[str, int], Store]) -> list[Out]:
+        """Outputs of the held work due by ``now_ms``; they and the changes it makes to
+        ``stores`` (as in :meth:`process`) are checkpointed like a batch's. (The callbacks stage
+        applies the results of its HTTP attempts here, on the runner's thread.)"""
         return []
 
     def forget(self, partitions: Sequence[tuple[str, int]]) -> None:

@@ -573,6 +573,11 @@ class KeyState:
         self._store.put(self._key, self._entry, self._now_ms)
 
     @property
+    def partition(self) -> int:
+        """The partition of the store the key lives in (a timer's owner needs it)."""
+        return self._store.partition
+
+    @property
     def timer(self) -> int | None:
         """The key's timer (epoch ms), or None."""
         return self.get(TIMER_FIELD)

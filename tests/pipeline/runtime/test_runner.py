@@ -127,7 +127,7 @@ class _Holding(Stage):
     def next_wake_ms(self) -> float | None:
         return self.wake_at
 
-    def wake(self, now_ms: int) -> list[Out]:
+    def wake(self, now_ms: int, stores: Mapping[tuple[str, int], Store]) -> list[Out]:
         self.woken.append(now_ms)
         self.wake_at = None
         return [Out("out", "k", b"v")]

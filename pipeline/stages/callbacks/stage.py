@@ -1,0 +1,403 @@
+"""Callbacks stage: every status change of a message POSTed to its customer's URL, in order.
+
+Input ``delivery-status`` (keyed by message id, written in sequence order by the status stage).
+Only records headed :data:`~pipeline.headers.H_CALLBACK_URL` concern this stage (the message
+was sent with a status callback URL); the others are passed over without being decoded.
+Design and its reasons: ``docs/adr/0005-status-callbacks.md``.
+
+Per message, the store entry (on disk, changelogged) holds the URL and account, the last
+sequence seen, and the queue of events still to call back, head first. One callback per event
+that moved the status, in sequence order: only the head is ever in flight; the next goes once
+it is delivered or given up. The head's next action is the entry's **timer**: a retry's due
+time, a wait for its host's turn, or, while an attempt is in flight, a watchdog that sends it
+again if no answer was applied by then (a restarted worker resumes this way: pending retries
+live in the changelogged store, not in memory).
+
+Attempts run on an asyncio loop this stage owns (:mod:`~pipeline.stages.callbacks.sender`,
+behind the SSRF guard), never on the runner's thread: a batch never waits for a customer. Their
+results come back through the runtime's holding hooks (:meth:`next_wake_ms` is due while
+results wait; :meth:`wake` applies them to the entries). Fairness (caps per host and account,
+shares across workers, breakers, disabled hosts) is :mod:`~pipeline.stages.callbacks.fairness`.
+
+Outputs: ``dlq-callbacks``: the event's original record with provenance and the last verdict,
+for a callback given up (attempts exhausted, refused by the endpoint or by the SSRF guard, host
+disabled); ``telex dlq replay`` re-publishes it and this stage sends it again (a replayed record
+bypasses the sequence check).
+
+Guarantee: at-least-once per event; an attempt is launched before the checkpoint that records
+it, so a crash repeats at most the attempts in flight, with the same ``webhook-id``, which
+receivers deduplicate on. Nothing else repeats: an event at or below the last sequence seen
+is a replay of the input and is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import random
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network
+
+import structlog
+
+from pipeline.codec import AvroCodec
+from pipeline.errors import ConfigError, TelexError
+from pipeline.headers import H_CALLBACK_URL, H_REPLAY_COUNT
+from pipeline.metrics import (
+    CALLBACK_ATTEMPTS,
+    CALLBACK_DEAD_LETTERED,
+    CALLBACK_HOSTS,
+    CALLBACK_IN_FLIGHT,
+    CALLBACK_SECONDS,
+    RECORDS,
+)
+from pipeline.runtime.deadletter import Provenance, counted, dead_letter_headers
+from pipeline.runtime.stage import Input, KeyedStage, Out, Record, Runtime, StoreSpec
+from pipeline.runtime.store import KeyState, Store
+from pipeline.settings import Settings
+from pipeline.stages.callbacks import policy
+from pipeline.stages.callbacks.body import callback_body
+from pipeline.stages.callbacks.fairness import Gates
+from pipeline.stages.callbacks.sender import (
+    CallbackSender,
+    DeliveryError,
+    Resolver,
+    SystemResolver,
+    Target,
+    resolve_target,
+)
+from pipeline.stages.callbacks.signing import NoSecretError, SecretBook, signed_headers, webhook_id
+from pipeline.stages.callbacks.ssrf import RefusedURL, check_url
+
+__all__ = ["CallbacksStage", "build"]
+
+STAGE = "callbacks"
+IN_TOPIC = "delivery-status"
+DLQ = "dlq-callbacks"
+STORE = "callbacks"
+#: events queued per message at most; a message has a handful (accepted … delivered, read).
+QUEUE_MAX = 32
+#: a watchdog fires this long after an attempt's budget if its answer was never applied.
+WATCHDOG_GRACE_MS = 10_000
+#: while attempts are in flight, the runner's poll waits at most this long for their answers.
+ANSWER_POLL_MS = 5
+#: a resolved target is reused this long (one lookup per host, not per callback).
+TARGET_TTL_S = 60.0
+TARGETS_MAX = 4096
+
+log = structlog.get_logger("telex.callbacks")
+
+
+class CallbackGivenUp(TelexError):
+    """A status callback that will not be attempted again (the reason says why)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    partition: int
+    key: str
+    seq: int
+    attempt: int
+    url: str
+    host: str
+    account: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    job: _Job
+    verdict: policy.Verdict
+    answer: str  # 2xx, 4xx, 410, 5xx, timeout, connect, tls, protocol, dns, refused, unsigned
+
+
+def _host(url: str) -> str:
+    try:
+        return check_url(url, allow_http=True).host
+    except RefusedURL:
+        return "(invalid)"
+
+
+class CallbacksStage(KeyedStage):
+    """Feeds events into per-message queues; attempts run on the stage's own loop."""
+
+    name = STAGE
+
+    def __init__(self, settings: Settings, secrets: SecretBook, *,
+                 resolver: Resolver | None = None, sender: CallbackSender | None = None,
+                 rng: random.Random | None = None) -> None:
+        self._settings = settings
+        self._secrets = secrets
+        self._codec = AvroCodec.from_settings(settings)
+        self._schedule = policy.Schedule(policy.parse_ceilings(settings.callback_retry_ceilings_s))
+        keep_s = sum(self._schedule.ceilings_s) + 86_400  # a day past the last retry
+        self.inputs = (Input(IN_TOPIC, StoreSpec(STORE, keep_s, disk=True)),)
+        self._topic = settings.topic(IN_TOPIC)  # stores are keyed by the consumed name
+        self._timeout_s = settings.callback_timeout_s
+        self._allowed: Sequence[IPv4Network | IPv6Network] = settings.callback_networks()
+        self._gates = Gates(settings.callback_host_concurrency,
+                            settings.callback_account_concurrency,
+                            settings.callback_breaker_failures,
+                            int(settings.callback_disable_after_s * 1000))
+        self._resolver = resolver or SystemResolver()
+        self._sender = sender
+        self._rng = rng or random.Random()
+        self._partitions = max(1, settings.partitions)
+        self._share = 1.0
+        self._answers: collections.deque[_Answer] = collections.deque()
+        self._in_flight: dict[tuple[int, str], tuple[int, int]] = {}
+        self._targets: collections.OrderedDict[str, tuple[float, Target]] = (
+            collections.OrderedDict())
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._outcomes = {o: RECORDS.labels(STAGE, o) for o in (
+            "queued", "no_callback", "not_moved", "replayed_input", "delivered", "given_up")}
+
+    # -- lifecycle --
+
+    def open(self, runtime: Runtime) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="callbacks-http",
+                                        daemon=True)
+        self._thread.start()
+        if self._sender is None:
+            self._sender = CallbackSender()
+
+    def close(self) -> None:
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        sender = self._sender
+        if sender is not None:
+            asyncio.run_coroutine_threadsafe(sender.aclose(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()
+        self._loop = None
+
+    # -- input --
+
+    def process(self, records: Sequence[Record], stores: Mapping[tuple[str, int], Store],
+                now_ms: int) -> list[Out]:
+        self._share = len(stores) / self._partitions if stores else self._share
+        return super().process(records, stores, now_ms)
+
+    def handle(self, record: Record, state: KeyState | None, now_ms: int) -> list[Out]:
+        assert state is not None
+        url = record.header(H_CALLBACK_URL)
+        if url is None:
+            self._outcomes["no_callback"].inc()
+            return []
+        event = self._codec.decode(record.value or b"", expected="delivery_status")
+        if record.key != event["message_id"]:
+            raise ValueError(f"record key {record.key!r} is not its message id")
+        seq = int(event["sequence"])
+        replay = record.header(H_REPLAY_COUNT) is not None
+        if not replay:
+            if seq <= (state.get("last") or 0):
+                self._outcomes["replayed_input"].inc()
+                return []
+            state.set("last", seq)
+        if (event.get("effective_status") or event["status"]) != event["status"]:
+            self._outcomes["not_moved"].inc()  # a late, lower event: history, no callback
+            return []
+        if state.get("url") is None:
+            state.set("url", url.decode())
+            state.set("account", event["account_id"])
+        queue = list(state.get("queue") or [])
+        if len(queue) >= QUEUE_MAX:
+            raise ValueError(f"{QUEUE_MAX} callbacks already queued for the message")
+        queue.append([seq, record.offset, record.timestamp, (record.value or b"").hex()])
+        state.set("queue", queue)
+        self._outcomes["queued"].inc()
+        if len(queue) == 1:
+            return self._start(record.partition, record.key or "", state, now_ms)
+        return []
+
+    # -- attempts --
+
+    def on_timer(self, key: str, state: KeyState, now_ms: int) -> list[Out]:
+        return self._start(state.partition, key, state, now_ms)
+
+    def _start(self, partition: int, key: str, state: KeyState, now_ms: int) -> list[Out]:
+        """Launch the head of the message's queue if its host and account have room; else book
+        the entry's timer for when to ask again."""
+        queue = state.get("queue") or []
+        if not queue:
+            state.set_timer(None)
+            return []
+        seq, _, _, value_hex = queue[0]
+        if (partition, key) in self._in_flight:  # its answer has not been applied yet
+            state.set_timer(now_ms + int(self._timeout_s * 1000) + WATCHDOG_GRACE_MS)
+            return []
+        url, account = state.get("url"), state.get("account")
+        host = _host(url)
+        admission = self._gates.admit(host, account, self._share, now_ms)
+        if admission.disabled is not None:
+            return self._give_up(partition, key, state, now_ms, "disabled",
+                                 f"endpoint host {host} is disabled: {admission.disabled}")
+        if not admission.go:
+            jitter = self._rng.randint(0, 250)
+            state.set_timer(admission.wait_until_ms + jitter)
+            return []
+        attempt = int(state.get("attempt") or 0) + 1
+        state.set("attempt", attempt)
+        state.set_timer(now_ms + int(self._timeout_s * 1000) + WATCHDOG_GRACE_MS)
+        event = self._codec.decode(bytes.fromhex(value_hex), expected="delivery_status")
+        job = _Job(partition, key, seq, attempt, url, host, account, callback_body(event))
+        self._in_flight[(partition, key)] = (seq, attempt)
+        CALLBACK_IN_FLIGHT.set(len(self._in_flight))
+        assert self._loop is not None, "open() starts the loop"
+        asyncio.run_coroutine_threadsafe(self._attempt(job), self._loop)
+        return []
+
+    async def _attempt(self, job: _Job) -> None:
+        """One POST (on the stage's loop); its verdict is queued for the runner's thread."""
+        started = time.monotonic()
+        status: int | None = None
+        error: str | None = None
+        retry_after: float | None = None
+        try:
+            target = await self._target(job.url)
+            stamp = int(time.time())
+            headers = signed_headers(self._secrets.for_account(job.account),
+                                     webhook_id(job.key, job.seq), stamp, job.body)
+            headers["content-type"] = "application/json"
+            headers["user-agent"] = "Telex-Callbacks/1"
+            assert self._sender is not None
+            response = await self._sender.post(target, job.body, headers, self._timeout_s)
+            status = response.status
+            retry_after = policy.retry_after_s(response.headers.get("retry-after"), time.time())
+        except RefusedURL as exc:
+            verdict = policy.Verdict(policy.GIVE_UP, f"refused by the SSRF guard: {exc}")
+            self._answers.append(_Answer(job, verdict, "refused"))
+            return
+        except NoSecretError as exc:
+            verdict = policy.Verdict(policy.GIVE_UP, str(exc))
+            self._answers.append(_Answer(job, verdict, "unsigned"))
+            return
+        except DeliveryError as exc:
+            error = exc.kind
+        except Exception as exc:  # never lose the answer: an unexpected failure is retried
+            log.warning("callback_attempt_error", message_id=job.key, error=repr(exc))
+            error = "protocol"
+        answer = error or ("410" if status == 410 else f"{(status or 0) // 100}xx")
+        CALLBACK_SECONDS.labels(answer).observe(time.monotonic() - started)
+        verdict = policy.judge(job.attempt, status, error, retry_after, self._schedule,
+                               self._rng)
+        self._answers.append(_Answer(job, verdict, answer))
+
+    async def _target(self, url: str) -> Target:
+        """The URL's checked target, resolved at most once a minute per URL."""
+        now = time.monotonic()
+        cached = self._targets.get(url)
+        if cached is not None and now - cached[0] < TARGET_TTL_S:
+            self._targets.move_to_end(url)
+            return cached[1]
+        target = await resolve_target(url, resolver=self._resolver,
+                                      allow_http=self._settings.callback_allow_http,
+                                      allowed=self._allowed)
+        self._targets[url] = (now, target)
+        while len(self._targets) > TARGETS_MAX:
+            self._targets.popitem(last=False)
+        return target
+
+    # -- answers (runner's thread) --
+
+    def next_wake_ms(self) -> float | None:
+        if self._answers:
+            return 0.0
+        if self._in_flight:
+            return time.time() * 1000 + ANSWER_POLL_MS
+        return None
+
+    def wake(self, now_ms: int, stores: Mapping[tuple[str, int], Store]) -> list[Out]:
+        if stores:
+            self._share = len(stores) / self._partitions
+        outs: list[Out] = []
+        while self._answers:
+            outs += self._apply(self._answers.popleft(), stores, now_ms)
+        CALLBACK_IN_FLIGHT.set(len(self._in_flight))
+        self.health(now_ms)
+        return outs
+
+    def _apply(self, answer: _Answer, stores: Mapping[tuple[str, int], Store],
+               now_ms: int) -> list[Out]:
+        job, verdict = answer.job, answer.verdict
+        if self._in_flight.get((job.partition, job.key)) == (job.seq, job.attempt):
+            del self._in_flight[(job.partition, job.key)]
+        health = {policy.DELIVERED: "ok", policy.DISABLE: "gone"}.get(verdict.kind)
+        if health is None:
+            health = "ok" if answer.answer in ("3xx", "4xx") else "failed"
+        if answer.answer not in ("refused", "unsigned"):
+            self._gates.finish(job.host, job.account, health, now_ms)
+        else:
+            self._gates.finish(job.host, job.account, "ok", now_ms)  # nothing was sent
+        CALLBACK_ATTEMPTS.labels(answer.answer, verdict.kind).inc()
+        log.info("callback_attempt", message_id=job.key, sequence=job.seq, attempt=job.attempt,
+                 host=job.host, answer=answer.answer, verdict=verdict.kind,
+                 reason=verdict.reason, wait_s=round(verdict.wait_s, 1))
+        store = stores.get((self._topic, job.partition))
+        if store is None:
+            return []  # the partition moved: its new owner's watchdog sends it again
+        state = KeyState(store, job.key, now_ms)
+        queue = state.get("queue") or []
+        if not queue or queue[0][0] != job.seq or state.get("attempt") != job.attempt:
+            return []  # an older attempt's late answer
+        if verdict.kind == policy.DELIVERED:
+            self._outcomes["delivered"].inc()
+            return self._next(job.partition, job.key, state, now_ms)
+        if verdict.kind == policy.RETRY:
+            state.set_timer(now_ms + int(verdict.wait_s * 1000))
+            return []
+        kind = "disabled" if verdict.kind == policy.DISABLE else answer.answer
+        return self._give_up(job.partition, job.key, state, now_ms, kind, verdict.reason)
+
+    def _next(self, partition: int, key: str, state: KeyState, now_ms: int) -> list[Out]:
+        """The head is done: the next event of the message goes, or the entry rests."""
+        queue = list(state.get("queue") or [])[1:]
+        state.delete("attempt")
+        if queue:
+            state.set("queue", queue)
+            return self._start(partition, key, state, now_ms)
+        state.delete("queue")
+        state.set_timer(None)
+        return []
+
+    def _give_up(self, partition: int, key: str, state: KeyState, now_ms: int, kind: str,
+                 reason: str) -> list[Out]:
+        """The head goes to dlq-callbacks (its original record, provenance, the reason)."""
+        seq, offset, timestamp, value_hex = (state.get("queue") or [])[0]
+        error = CallbackGivenUp(f"callback {seq} to {_host(state.get('url'))}: {reason}")
+        counted(STAGE, error, IN_TOPIC, partition, offset)
+        CALLBACK_DEAD_LETTERED.labels(kind).inc()
+        self._outcomes["given_up"].inc()
+        headers = dead_letter_headers(
+            [(H_CALLBACK_URL, str(state.get("url")).encode())],
+            Provenance(self._topic, partition, offset, timestamp),
+            STAGE, error, now_ms, key)
+        out = Out(DLQ, key, bytes.fromhex(value_hex), headers)
+        return [out, *self._next(partition, key, state, now_ms)]
+
+    def forget(self, partitions: Sequence[tuple[str, int]]) -> None:
+        gone = {p for _, p in partitions}
+        for held in [k for k in self._in_flight if k[0] in gone]:
+            del self._in_flight[held]  # its answer, when it comes, finds no store
+
+    def health(self, now_ms: int) -> dict[str, int]:
+        """Hosts by breaker state (also exported as a gauge)."""
+        counts = collections.Counter(self._gates.state(h, now_ms) for h in self._gates.hosts)
+        for state in ("closed", "open", "half_open", "disabled"):
+            CALLBACK_HOSTS.labels(state).set(counts.get(state, 0))
+        return dict(counts)
+
+
+def build(settings: Settings) -> CallbacksStage:
+    """The registry's entry point (``telex worker callbacks``)."""
+    if not settings.callback_secrets_file:
+        raise ConfigError("the callbacks stage needs TELEX_CALLBACK_SECRETS_FILE")
+    return CallbacksStage(settings, SecretBook.from_file(settings.callback_secrets_file))
+

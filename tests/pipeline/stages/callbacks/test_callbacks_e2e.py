@@ -1,0 +1,128 @@
+"""Status callbacks end to end on the real broker: status stage → callbacks stage → receivers
+that verify every signature with the reference ``standardwebhooks`` library."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from pipeline.codec import AvroCodec
+from pipeline.headers import H_ERROR_MESSAGE, H_MESSAGE_ID
+from pipeline.records import update_record
+from pipeline.runtime.deadletter import header_dict
+from pipeline.settings import Settings
+from pipeline.stages.callbacks.signing import generate_secret
+from tests.fixtures.callback_receiver import Receiver, callback_receiver
+from tests.fixtures.telex import Worker, produce, read_all
+from tests.fixtures.waiting import until_sync
+
+CODEC = AvroCodec()
+SECRET = generate_secret()
+T0 = 1_800_000_000_000
+
+
+def _callback_settings(topics: Settings, tmp_path: Path, **extra: object) -> Settings:
+    secrets = tmp_path / "callback-secrets.json"
+    secrets.write_text(json.dumps({"*": [SECRET]}))
+    return topics.model_copy(update={
+        "callback_secrets_file": str(secrets), "callback_allow_http": True,
+        "callback_allow_networks": "127.0.0.0/8", "callback_timeout_s": 2.0,
+        "callback_retry_ceilings_s": "0.3,0.3,0.3", **extra})
+
+
+def _lifecycle(mid: str, url: str | None, final: str = "delivered") -> list[tuple[str, bytes]]:
+    """accepted (naming the URL) → sent → ``final``: three events that each move the status."""
+    def update(status: str, source: str, t: int, **kw: object) -> tuple[str, bytes]:
+        return mid, CODEC.encode("status_update", update_record(
+            mid, source, T0 + t, status=status, account_id="acc-1", channel="sms", **kw))
+    return [update("accepted", "ingest", 0, status_callback_url=url),
+            update("sent", "dispatch", 10, attempt=1, connector="smsc",
+                   carrier_message_id=f"c-{mid}"),
+            update(final, "receipt", 20, attempt=1, connector="smsc",
+                   carrier_message_id=f"c-{mid}")]
+
+
+def _by_message(received: list) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for r in received:
+        out.setdefault(r.body["MessageSid"], []).append(r.body["SequenceNumber"])
+    return out
+
+
+def test_every_status_change_arrives_signed_once_per_webhook_id_in_order(
+        topics: Settings, tmp_path: Path, worker: Callable[[str, Settings], Worker]) -> None:
+    """Healthy and flaky endpoints: every moving event delivered once per webhook-id, each
+    message's events in sequence order, every signature verified; messages without a URL
+    produce nothing."""
+    settings = _callback_settings(topics, tmp_path)
+
+    def flaky(_wid: str, attempt: int) -> int:
+        return 503 if attempt == 1 else 200
+
+    with callback_receiver(SECRET, "127.0.0.1") as healthy, \
+            callback_receiver(SECRET, "127.0.0.2", flaky) as retried:
+        records = []
+        for i in range(12):
+            records += _lifecycle(f"ok-{i}", healthy.url())
+        for i in range(6):
+            records += _lifecycle(f"flaky-{i}", retried.url())
+        for i in range(6):
+            records += _lifecycle(f"none-{i}", None)
+        produce(settings, "status-updates", records)
+        workers = [worker("status", settings), worker("callbacks", settings)]
+
+        def done() -> bool:
+            for w in workers:
+                w.assert_alive()
+            return len(healthy.delivered()) == 36 and len(retried.delivered()) == 18
+
+        until_sync(done, 90, "36 + 18 delivered callbacks", interval_s=0.1)
+        for receiver, prefix, count in ((healthy, "ok", 12), (retried, "flaky", 6)):
+            assert all(r.verified for r in receiver.all())
+            ids = [r.webhook_id for r in receiver.delivered()]
+            assert len(ids) == len(set(ids)) == 3 * count  # once per webhook-id
+            order = _by_message(receiver.delivered())
+            assert order == {f"{prefix}-{i}": [1, 2, 3] for i in range(count)}
+            statuses = {tuple(r.body["MessageStatus"] for r in receiver.delivered()
+                              if r.body["MessageSid"] == f"{prefix}-0")}
+            assert statuses == {("accepted", "sent", "delivered")}
+        # The flaky endpoint saw each event twice (503, then 200): the retry kept its id.
+        assert len(retried.all()) == 36
+        assert not [r for r in healthy.all() + retried.all()
+                    if r.body["MessageSid"].startswith("none-")]
+
+
+def test_refused_and_rejected_callbacks_are_dead_lettered_with_their_reason(
+        topics: Settings, tmp_path: Path, worker: Callable[[str, Settings], Worker]) -> None:
+    """A URL the SSRF guard refuses gets no connection; a 400 is not retried; both end in
+    dlq-callbacks with the reason, and the message's next events still go (to the good one)."""
+    settings = _callback_settings(topics, tmp_path, callback_allow_networks="127.0.0.1/32")
+    with callback_receiver(SECRET, "127.0.0.2", lambda _w, _a: 400) as refusing, \
+            callback_receiver(SECRET, "127.0.0.3") as private:
+        produce(settings, "status-updates",
+                _lifecycle("bad-request", refusing.url())
+                + _lifecycle("private", private.url()))
+        worker("status", settings)
+        worker("callbacks", settings)
+        dead = read_all(settings, "dlq-callbacks", until=lambda r: len(r) >= 6, timeout=90)
+        reasons = {(header_dict(m.headers())[H_MESSAGE_ID],
+                    CODEC.decode(m.value())["sequence"]): header_dict(m.headers())[H_ERROR_MESSAGE]
+                   for m in dead}
+        assert set(reasons) == {(m, s) for m in ("bad-request", "private") for s in (1, 2, 3)}
+        assert all("HTTP 400" in reasons[("bad-request", s)] for s in (1, 2, 3))
+        assert all("SSRF" in reasons[("private", s)] and "127.0.0.3" in reasons[("private", s)]
+                   for s in (1, 2, 3))
+        assert len(refusing.all()) == 3  # one attempt per event: a 400 is final
+        assert private.all() == []  # refused before any connection
+
+
+@pytest.mark.parametrize("missing", ["callback_secrets_file"])
+def test_the_stage_needs_its_secrets(topics: Settings, missing: str) -> None:
+    """Without signing secrets the stage refuses to start: an unsigned callback is a forgery."""
+    from pipeline.errors import ConfigError
+    from pipeline.stages.callbacks.stage import build
+    with pytest.raises(ConfigError, match="TELEX_CALLBACK_SECRETS_FILE"):
+        build(topics.model_copy(update={missing: None}))

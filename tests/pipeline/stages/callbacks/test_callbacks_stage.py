@@ -1,0 +1,179 @@
+"""The callbacks stage without Kafka: queue order, retries as timers, give-ups, replays.
+
+A fake sender answers from a script and records what was sent; a stub resolver maps every
+name to 127.0.0.1 (allowed by the settings, as in the demo)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import pytest
+
+from pipeline.codec import AvroCodec
+from pipeline.headers import H_CALLBACK_URL, H_ERROR_MESSAGE, H_REPLAY_COUNT
+from pipeline.runtime.deadletter import header_dict
+from pipeline.runtime.stage import Out, Record
+from pipeline.runtime.store import KeyState, MemoryStore, Store
+from pipeline.settings import Settings
+from pipeline.stages.callbacks.sender import Response, Target
+from pipeline.stages.callbacks.signing import SecretBook, generate_secret
+from pipeline.stages.callbacks.stage import CallbacksStage
+from tests.fixtures.waiting import until_sync
+
+CODEC = AvroCodec()
+URL = "http://hooks.customer.test/status"
+NOW = 1_800_000_000_000
+
+
+class StubResolver:
+    async def resolve(self, host: str, port: int) -> list[str]:
+        return ["127.0.0.1"]
+
+
+class FakeSender:
+    """Answers each POST with ``script(body, n)``; records (webhook-id, sequence)."""
+
+    def __init__(self, script: Callable[[dict, int], int] = lambda _b, _n: 200) -> None:
+        self.script = script
+        self.sent: list[tuple[str, int]] = []
+
+    async def post(self, target: Target, body: bytes, headers: Mapping[str, str],
+                   timeout_s: float) -> Response:
+        event = json.loads(body)
+        self.sent.append((headers["webhook-id"], event["SequenceNumber"]))
+        return Response(self.script(event, len(self.sent)), {}, 0.001)
+
+    async def aclose(self) -> None:
+        pass
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    secrets = tmp_path / "secrets.json"
+    secrets.write_text(json.dumps({"*": [generate_secret()]}))
+    return Settings(TELEX_CALLBACK_SECRETS_FILE=str(secrets), TELEX_CALLBACK_ALLOW_HTTP=True,
+                    TELEX_CALLBACK_ALLOW_NETWORKS="127.0.0.0/8",
+                    TELEX_CALLBACK_RETRY_CEILINGS_S="1,1", TELEX_PARTITIONS=1)
+
+
+def _stage(settings: Settings, sender: FakeSender) -> CallbacksStage:
+    stage = CallbacksStage(settings, SecretBook.from_file(settings.callback_secrets_file),
+                           resolver=StubResolver(), sender=sender)  # type: ignore[arg-type]
+    stage.open(None)  # type: ignore[arg-type]
+    return stage
+
+
+def _event(settings: Settings, seq: int, status: str, mid: str = "m1",
+           effective: str | None = None, headers: list | None = None,
+           url: str | None = URL) -> Record:
+    value = CODEC.encode("delivery_status", {
+        "message_id": mid, "account_id": "acc", "channel": "sms", "status": status,
+        "sequence": seq, "event_time_ms": NOW + seq, "recorded_at_ms": NOW + seq,
+        "error_code": None, "error_reason": None, "carrier_message_id": None,
+        "connector": None, "segments": 1, "trace_id": None,
+        "effective_status": effective or status, "attempt": 1, "source": "test"})
+    hdrs = ([(H_CALLBACK_URL, url.encode())] if url else []) + (headers or [])
+    return Record(settings.topic("delivery-status"), 0, seq, mid, value, hdrs, NOW)
+
+
+class Harness:
+    """Drives the stage as the runner would: batches, answers applied in wake, timers."""
+
+    def __init__(self, settings: Settings, sender: FakeSender) -> None:
+        self.stage = _stage(settings, sender)
+        self.store: Store = MemoryStore("callbacks", 0, None)
+        self.stores = {(settings.topic("delivery-status"), 0): self.store}
+        self.sender = sender
+        self.outs: list[Out] = []
+
+    def feed(self, *records: Record, now: int = NOW) -> None:
+        self.outs += self.stage.process(list(records), self.stores, now)
+
+    def answers(self, count: int, now: int = NOW) -> None:
+        """Wait for ``count`` POSTs in all, applying answers as they come."""
+        def applied() -> bool:
+            self.outs += self.stage.wake(now, self.stores)
+            return len(self.sender.sent) >= count and not self.stage._in_flight
+        until_sync(applied, 5, f"{count} callbacks answered")
+
+    def fire(self, now: int) -> None:
+        self.outs += self.stage.punctuate(now, self.store)
+
+    def close(self) -> None:
+        self.stage.close()
+
+
+def test_events_go_one_at_a_time_in_sequence_order(settings: Settings) -> None:
+    """Three events queued at once: sequence 2 is sent only after 1 was answered."""
+    h = Harness(settings, FakeSender())
+    h.feed(_event(settings, 1, "accepted"), _event(settings, 2, "sent"),
+           _event(settings, 3, "delivered"))
+    h.answers(3)
+    assert h.sender.sent == [("msg_m1_1", 1), ("msg_m1_2", 2), ("msg_m1_3", 3)]
+    assert KeyState(h.store, "m1", NOW).get("queue") is None
+    h.close()
+
+
+def test_a_retry_waits_as_the_entry_timer_and_keeps_its_webhook_id(settings: Settings) -> None:
+    """A 503 books the retry as the store timer (no later event overtakes it); the retry
+    carries the same webhook-id."""
+    h = Harness(settings, FakeSender(lambda _b, n: 503 if n == 1 else 200))
+    h.feed(_event(settings, 1, "accepted"), _event(settings, 2, "sent"))
+    h.answers(1)
+    timer = KeyState(h.store, "m1", NOW).timer
+    assert timer is not None and NOW <= timer <= NOW + 1_000
+    h.fire(NOW + 1_000)
+    h.answers(3, now=NOW + 1_000)
+    assert h.sender.sent == [("msg_m1_1", 1), ("msg_m1_1", 1), ("msg_m1_2", 2)]
+    h.close()
+
+
+def test_a_refused_request_is_dead_lettered_and_the_next_event_goes(settings: Settings) -> None:
+    """400 is final: the event goes to dlq-callbacks with the reason; sequence 2 still goes."""
+    h = Harness(settings, FakeSender(lambda b, _n: 400 if b["SequenceNumber"] == 1 else 200))
+    h.feed(_event(settings, 1, "accepted"), _event(settings, 2, "sent"))
+    h.answers(2)
+    [dead] = [o for o in h.outs if o.topic == "dlq-callbacks"]
+    assert CODEC.decode(dead.value)["sequence"] == 1
+    assert "HTTP 400" in header_dict(dead.headers)[H_ERROR_MESSAGE]
+    assert header_dict(dead.headers)[H_CALLBACK_URL] == URL  # a replay can send it again
+    assert h.sender.sent[-1] == ("msg_m1_2", 2)
+    h.close()
+
+
+def test_attempts_run_out_into_the_dead_letters(settings: Settings) -> None:
+    """Ceilings "1,1": three attempts, then the callback is given up."""
+    h = Harness(settings, FakeSender(lambda _b, _n: 500))
+    h.feed(_event(settings, 1, "accepted"))
+    h.answers(1)
+    for n, now in ((2, NOW + 1_000), (3, NOW + 2_000)):
+        h.fire(now)
+        h.answers(n, now=now)
+    [dead] = [o for o in h.outs if o.topic == "dlq-callbacks"]
+    assert "3 attempts" in header_dict(dead.headers)[H_ERROR_MESSAGE]
+    h.close()
+
+
+def test_input_replays_are_dropped_but_dlq_replays_go_again(settings: Settings) -> None:
+    """The same sequence read twice (a restarted status stage) sends nothing new; a record
+    replayed from dlq-callbacks (replay header) is sent again."""
+    h = Harness(settings, FakeSender())
+    h.feed(_event(settings, 1, "accepted"))
+    h.answers(1)
+    h.feed(_event(settings, 1, "accepted"))
+    h.feed(_event(settings, 1, "accepted", headers=[(H_REPLAY_COUNT, b"1")]))
+    h.answers(2)
+    assert h.sender.sent == [("msg_m1_1", 1), ("msg_m1_1", 1)]
+    h.close()
+
+
+def test_no_url_or_a_lower_late_event_sends_nothing(settings: Settings) -> None:
+    """No header: not even decoded; a late event that did not move the status: no callback."""
+    h = Harness(settings, FakeSender())
+    h.feed(_event(settings, 1, "accepted", mid="quiet", url=None))
+    h.feed(_event(settings, 1, "delivered"), _event(settings, 2, "sent", effective="delivered"))
+    h.answers(1)
+    assert h.sender.sent == [("msg_m1_1", 1)]
+    h.close()
