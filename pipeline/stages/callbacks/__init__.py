@@ -1,0 +1,1 @@
+"""Customer status callbacks: the SSRF guard (ssrf) and the pinned-address HTTP sender (sender)."""
