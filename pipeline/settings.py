@@ -7,6 +7,7 @@ Secrets are ``SecretStr``: they never appear in ``repr``, logs or ``telex`` outp
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from functools import lru_cache
 from typing import Literal
@@ -223,6 +224,16 @@ class Settings(BaseSettings):
         86_400.0, gt=0, validation_alias="TELEX_CALLBACK_DISABLE_AFTER_S",
         description="TELEX_CALLBACK_DISABLE_AFTER_S: a host failing without one success for "
         "this long is disabled (its callbacks dead-lettered) until a worker restarts.",
+    callback_allow_http: bool = Field(
+        False, validation_alias="TELEX_CALLBACK_ALLOW_HTTP",
+        description="TELEX_CALLBACK_ALLOW_HTTP: accept http:// status callback URLs (default "
+        "false: https only); for local use, plain HTTP exposes every callback on the way.",
+    )
+    callback_allow_networks: str = Field(
+        "", validation_alias="TELEX_CALLBACK_ALLOW_NETWORKS",
+        description="TELEX_CALLBACK_ALLOW_NETWORKS: comma-separated CIDR networks the callback "
+        "SSRF guard lets through although they are internal (e.g. 127.0.0.0/8 for the demo); "
+        "empty by default. Parsed by callback_networks().",
     )
 
     @field_validator("kafka_bootstrap_servers")
@@ -231,6 +242,16 @@ class Settings(BaseSettings):
         if not value.strip():
             raise ValueError("must name at least one host:port")
         return value.strip()
+
+    @field_validator("callback_allow_networks")
+    @classmethod
+    def _callback_networks_parse(cls, value: str) -> str:
+        _parse_networks(value)  # raises ConfigError naming the variable
+        return value
+
+    def callback_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """TELEX_CALLBACK_ALLOW_NETWORKS parsed: the callback SSRF guard's allow-list."""
+        return _parse_networks(self.callback_allow_networks)
 
     def kafka_config(self) -> dict[str, str]:
         """librdkafka connection options shared by every client (no client-specific tuning)."""
@@ -336,6 +357,21 @@ class Settings(BaseSettings):
             k: ("***" if isinstance(v, SecretStr) else v)
             for k, v in self.model_dump().items()
         }
+
+
+def _parse_networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """Comma-separated CIDRs; strict (no host bits set), since each one widens what Telex may
+    reach: 10.0.0.1/8 is more likely a typo than a wish to open 10.0.0.0/8."""
+    networks = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(part))
+        except ValueError as exc:
+            raise ConfigError(f"TELEX_CALLBACK_ALLOW_NETWORKS: {part!r} is not a CIDR network "
+                              f"({exc})") from exc
+    return tuple(networks)
 
 
 def _reveal(secret: SecretStr | None) -> str | None:

@@ -68,3 +68,22 @@ def test_runtime_clients_keep_the_producer_guarantees():
     assert producer["enable.idempotence"] is True and producer["acks"] == "all"
     assert producer["partitioner"] == "murmur2"
     assert s.runtime_consumer_config("g")["enable.auto.commit"] is False
+
+
+def test_callback_allow_networks_are_parsed(monkeypatch: pytest.MonkeyPatch):
+    """TELEX_CALLBACK_ALLOW_NETWORKS becomes the SSRF guard's allow-list (blanks ignored);
+    unset, the list is empty and http:// callbacks are refused."""
+    monkeypatch.setenv("TELEX_CALLBACK_ALLOW_NETWORKS", "127.0.0.0/8, ::1/128,")
+    s = load_settings()
+    assert [str(n) for n in s.callback_networks()] == ["127.0.0.0/8", "::1/128"]
+    monkeypatch.delenv("TELEX_CALLBACK_ALLOW_NETWORKS")
+    assert load_settings().callback_networks() == ()
+    assert load_settings().callback_allow_http is False
+
+
+@pytest.mark.parametrize("value", ["localhost", "10.0.0.1/8", "10.0.0.0/33"])
+def test_invalid_callback_network_is_a_config_error(value: str):
+    """A value that is not a CIDR network (host bits set included) is a ConfigError naming the
+    variable."""
+    with pytest.raises(ConfigError, match="TELEX_CALLBACK_ALLOW_NETWORKS"):
+        load_settings(callback_allow_networks=value)
