@@ -224,6 +224,7 @@ class Settings(BaseSettings):
         86_400.0, gt=0, validation_alias="TELEX_CALLBACK_DISABLE_AFTER_S",
         description="TELEX_CALLBACK_DISABLE_AFTER_S: a host failing without one success for "
         "this long is disabled (its callbacks dead-lettered) until a worker restarts.",
+    )
     callback_allow_http: bool = Field(
         False, validation_alias="TELEX_CALLBACK_ALLOW_HTTP",
         description="TELEX_CALLBACK_ALLOW_HTTP: accept http:// status callback URLs (default "

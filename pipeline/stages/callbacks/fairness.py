@@ -3,7 +3,7 @@
 One slow or dead customer endpoint must delay nobody else. Attempts run concurrently, so
 what bounds the damage is how many of them one host (and one account) may hold at once:
 
-- **Concurrency caps across workers.** Each worker holds ``cap × share`` of a host's and an
+- **Concurrency caps across workers.** Each worker holds ``cap * share`` of a host's and an
   account's attempts in flight, ``share`` being the fraction of the input's partitions it owns.
   Cooperative rebalancing revokes a partition before anyone is assigned it, so the shares never
   sum above 1 and the workers together never exceed the cap. A worker always gets at least one
@@ -70,7 +70,7 @@ class Gates:
 
     @staticmethod
     def slots(cap: int, share: float) -> int:
-        """This worker's part of ``cap``: ⌊cap × share⌋, at least one."""
+        """This worker's part of ``cap``: ⌊cap * share⌋, at least one."""
         return max(1, math.floor(cap * share + 1e-9))
 
     def admit(self, host: str, account: str, share: float, now_ms: int) -> Admission:

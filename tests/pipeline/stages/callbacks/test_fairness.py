@@ -21,7 +21,7 @@ def test_a_host_gets_its_share_of_the_cap_and_others_are_not_affected() -> None:
 
 
 def test_shares_never_sum_above_the_cap_and_every_worker_gets_one() -> None:
-    """⌊cap × share⌋ per worker, at least one."""
+    """⌊cap * share⌋ per worker, at least one."""
     assert sum(Gates.slots(16, 1 / 3) for _ in range(3)) <= 16
     assert Gates.slots(16, 1.0) == 16
     assert Gates.slots(2, 1 / 6) == 1
