@@ -110,17 +110,18 @@ def refused_address(ip: IPv4Address | IPv6Address,
                     allowed: Sequence[IPv4Network | IPv6Network]) -> str | None:
     """Why Telex may not connect to ``ip``, or None when it may.
 
-    ``allowed`` (local demos and tests, e.g. 127.0.0.0/8) is checked first: an address in it
-    passes. Then, first match wins: the metadata endpoints (their own reason), the ranges of
+    The metadata endpoints are refused first, whatever is allowed (their own reason).
+    ``allowed`` (local demos and tests, e.g. 127.0.0.0/8) comes next: an address in it
+    passes. Then, first match wins: the ranges of
     ``_RANGES`` (addresses embedding an IPv4 address are judged by that address, with the
     same rules), and last the ``ipaddress`` properties as a backstop.
     """
     if isinstance(ip, IPv6Address) and ip.scope_id:
         ip = IPv6Address(int(ip))  # the zone (fe80::1%eth0) does not change the range
+    if ip in _METADATA:  # never allowed: no demo needs credentials endpoints
+        return f"cloud metadata endpoint {ip} ({_METADATA[ip]})"
     if any(ip in net for net in allowed):
         return None
-    if ip in _METADATA:
-        return f"cloud metadata endpoint {ip} ({_METADATA[ip]})"
     for rng in _RANGES:
         if ip not in rng.network:
             continue

@@ -9,9 +9,10 @@ Per message, the store entry (on disk, changelogged) holds the URL and account, 
 sequence seen, and the queue of events still to call back, head first. One callback per event
 that moved the status, in sequence order: only the head is ever in flight; the next goes once
 it is delivered or given up. The head's next action is the entry's **timer**: a retry's due
-time, a wait for its host's turn, or, while an attempt is in flight, a watchdog that sends it
-again if no answer was applied by then (a restarted worker resumes this way: pending retries
-live in the changelogged store, not in memory).
+time, a wait for its host's turn, or, while an attempt is in flight, a watchdog
+(:data:`WATCHDOG_MS`) that a worker which did not launch the attempt (restarted after a crash,
+or the partition's new owner) takes as its cue to send it again. Pending retries thus live in
+the changelogged store, not in memory.
 
 Attempts run on an asyncio loop this stage owns (:mod:`~pipeline.stages.callbacks.sender`,
 behind the SSRF guard), never on the runner's thread: a batch never waits for a customer. Their
@@ -80,8 +81,10 @@ DLQ = "dlq-callbacks"
 STORE = "callbacks"
 #: events queued per message at most; a message has a handful (accepted … delivered, read).
 QUEUE_MAX = 32
-#: a watchdog fires this long after an attempt's budget if its answer was never applied.
-WATCHDOG_GRACE_MS = 10_000
+#: while an attempt is in flight its entry's timer is a watchdog this far ahead: firing while the
+#: attempt is still in flight here it only moves on; firing in a worker that never launched it
+#: (restarted, or the partition's new owner) it sends the callback again, with the same id.
+WATCHDOG_MS = 2_000
 #: while attempts are in flight, the runner's poll waits at most this long for their answers.
 ANSWER_POLL_MS = 5
 #: a resolved target is reused this long (one lookup per host, not per callback).
@@ -231,7 +234,7 @@ class CallbacksStage(KeyedStage):
             return []
         seq, _, _, value_hex = queue[0]
         if (partition, key) in self._in_flight:  # its answer has not been applied yet
-            state.set_timer(now_ms + int(self._timeout_s * 1000) + WATCHDOG_GRACE_MS)
+            state.set_timer(now_ms + WATCHDOG_MS)
             return []
         url, account = state.get("url"), state.get("account")
         host = _host(url)
@@ -245,7 +248,7 @@ class CallbacksStage(KeyedStage):
             return []
         attempt = int(state.get("attempt") or 0) + 1
         state.set("attempt", attempt)
-        state.set_timer(now_ms + int(self._timeout_s * 1000) + WATCHDOG_GRACE_MS)
+        state.set_timer(now_ms + WATCHDOG_MS)
         event = self._codec.decode(bytes.fromhex(value_hex), expected="delivery_status")
         job = _Job(partition, key, seq, attempt, url, host, account, callback_body(event))
         self._in_flight[(partition, key)] = (seq, attempt)

@@ -4,6 +4,8 @@ that verify every signature with the reference ``standardwebhooks`` library."""
 from __future__ import annotations
 
 import json
+import threading
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -50,6 +52,12 @@ def _by_message(received: list) -> dict[str, list[int]]:
     for r in received:
         out.setdefault(r.body["MessageSid"], []).append(r.body["SequenceNumber"])
     return out
+
+
+def _first_delivery(received: list) -> list:
+    """Each webhook-id once, at its first delivery."""
+    seen: set[str] = set()
+    return [r for r in received if not (r.webhook_id in seen or seen.add(r.webhook_id))]
 
 
 def test_every_status_change_arrives_signed_once_per_webhook_id_in_order(
@@ -128,3 +136,71 @@ def test_the_stage_needs_its_secrets(topics: Settings, missing: str) -> None:
     from pipeline.stages.callbacks.stage import build
     with pytest.raises(ConfigError, match="TELEX_CALLBACK_SECRETS_FILE"):
         build(topics.model_copy(update={missing: None}))
+
+
+def test_a_worker_killed_with_attempts_in_flight_repeats_only_those(
+        topics: Settings, tmp_path: Path, worker: Callable[[str, Settings], Worker]) -> None:
+    """SIGKILL while every message's first callback hangs at the endpoint: after a restart each
+    event is delivered; only the attempts that were in flight went twice (same webhook-id)."""
+    settings = _callback_settings(topics, tmp_path, callback_timeout_s=30.0,
+                                  callback_breaker_failures=1000)
+    hold = threading.Event()
+    with callback_receiver(SECRET, "127.0.0.1", hold=hold) as endpoint:
+        produce(settings, "status-updates",
+                [r for i in range(8) for r in _lifecycle(f"m-{i}", endpoint.url())])
+        worker("status", settings)
+        first = worker("callbacks", settings)
+        def in_flight() -> bool:
+            first.assert_alive()
+            return endpoint.arrived >= 8
+
+        until_sync(in_flight, 60, "8 callbacks in flight", interval_s=0.05)
+        first.kill()
+        hold.set()  # answers now go to a dead worker: those attempts count as lost
+        second = worker("callbacks", settings)
+
+        def done() -> bool:
+            second.assert_alive()
+            return len({r.webhook_id for r in endpoint.delivered()}) == 24
+
+        until_sync(done, 90, "24 distinct callbacks delivered", interval_s=0.1)
+        counts = Counter(r.webhook_id for r in endpoint.all())
+        repeated = {wid for wid, n in counts.items() if n > 1}
+        assert repeated <= {f"msg_m-{i}_1" for i in range(8)}  # only the in-flight ones
+        assert max(counts.values()) == 2
+        assert _by_message(_first_delivery(endpoint.delivered())) == {
+            f"m-{i}": [1, 2, 3] for i in range(8)}
+
+
+def test_a_hanging_and_a_failing_endpoint_delay_nobody_else(
+        topics: Settings, tmp_path: Path, worker: Callable[[str, Settings], Worker]) -> None:
+    """One endpoint never answers, one answers 500: the healthy endpoint gets all its callbacks
+    while theirs are still pending, and the hanging one never holds more attempts than the
+    host cap."""
+    # No attempt times out during the test, so every request open at the hanging endpoint is
+    # one Telex holds in flight (an abandoned one would stay open there too).
+    settings = _callback_settings(topics, tmp_path, callback_timeout_s=60.0,
+                                  callback_host_concurrency=3,
+                                  callback_retry_ceilings_s="0.5,0.5,0.5,0.5,0.5,0.5")
+    hold = threading.Event()
+    with callback_receiver(SECRET, "127.0.0.1", hold=hold) as hanging, \
+            callback_receiver(SECRET, "127.0.0.2", lambda _w, _a: 500) as failing, \
+            callback_receiver(SECRET, "127.0.0.3") as healthy:
+        records = []
+        for i in range(20):
+            records += _lifecycle(f"hang-{i}", hanging.url())
+            records += _lifecycle(f"fail-{i}", failing.url())
+            records += _lifecycle(f"ok-{i}", healthy.url())
+        produce(settings, "status-updates", records)
+        workers = [worker("status", settings), worker("callbacks", settings)]
+
+        def healthy_done() -> bool:
+            for w in workers:
+                w.assert_alive()
+            return len(healthy.delivered()) == 60
+
+        until_sync(healthy_done, 90, "the healthy endpoint's 60 callbacks", interval_s=0.1)
+        assert _by_message(healthy.delivered()) == {f"ok-{i}": [1, 2, 3] for i in range(20)}
+        assert hanging.received == []  # still waiting: none answered yet
+        assert hanging.open_max <= 3  # the host cap, held however long it hangs
+        assert {r.body["SequenceNumber"] for r in failing.all()} == {1}  # in order: no 2 yet

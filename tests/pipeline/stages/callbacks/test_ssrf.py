@@ -125,6 +125,14 @@ def test_allow_list_lets_its_networks_through() -> None:
     assert refused("::1", LOOPBACK_V4) is not None
 
 
+def test_metadata_endpoints_are_refused_even_when_allowed() -> None:
+    """No allow-list opens the credentials endpoints, not even their whole networks."""
+    link_local = (ipaddress.ip_network("169.254.0.0/16"), ipaddress.ip_network("fd00::/8"))
+    assert "metadata" in (refused("169.254.169.254", link_local) or "")
+    assert "metadata" in (refused("fd00:ec2::254", link_local) or "")
+    assert refused("169.254.1.1", link_local) is None
+
+
 def test_allow_list_applies_to_the_embedded_ipv4() -> None:
     """::ffff:127.0.0.1 passes when 127.0.0.0/8 is allowed (it is the same destination)."""
     assert refused("::ffff:127.0.0.1", LOOPBACK_V4) is None
