@@ -11,15 +11,26 @@ from pathlib import Path
 
 import pytest
 
+from connectors.simulators.smsc_model import SmscConfig
+from connectors.simulators.threaded import ThreadedSmsc
 from pipeline.codec import AvroCodec
 from pipeline.headers import H_ERROR_MESSAGE, H_MESSAGE_ID
 from pipeline.records import update_record
 from pipeline.runtime.deadletter import header_dict
+from pipeline.sdk import OutboundMessage, TelexProducer
 from pipeline.settings import Settings
 from pipeline.stages.callbacks.signing import generate_secret
 from tests.fixtures.callback_receiver import callback_receiver
 from tests.fixtures.telex import Worker, produce, read_all
 from tests.fixtures.waiting import until_sync
+from tests.pipeline.stages.pipeline_helpers import (
+    ALL_STAGES,
+    applied,
+    carriers_file,
+    smpp,
+    start_pipeline,
+    wait_final,
+)
 
 CODEC = AvroCodec()
 SECRET = generate_secret()
@@ -204,3 +215,39 @@ def test_a_hanging_and_a_failing_endpoint_delay_nobody_else(
         assert hanging.received == []  # still waiting: none answered yet
         assert hanging.open_max <= 3  # the host cap, held however long it hangs
         assert {r.body["SequenceNumber"] for r in failing.all()} == {1}  # in order: no 2 yet
+
+
+def test_messages_through_the_simulators_call_their_customer_back(
+        topics: Settings, tmp_path: Path, worker: Callable[[str, Settings], Worker]) -> None:
+    """The customer's view: SMS sent with the SDK and a callback URL, delivered or expired by an
+    SMSC simulator over SMPP; the receiver gets every status the history moved through, signed,
+    in order, ending in each message's final status."""
+    with ThreadedSmsc(SmscConfig(seed=7, outcomes={"DELIVRD": 0.8, "EXPIRED": 0.2})) as smsc, \
+            callback_receiver(SECRET, "127.0.0.1") as endpoint:
+        settings = _callback_settings(topics, tmp_path).model_copy(update={
+            "carriers_file": carriers_file(
+                tmp_path, [smpp("smsc-a", smsc.port)],
+                [{"channel": "sms", "prefix": "", "connectors": ["smsc-a"]}])})
+        workers = start_pipeline(settings, worker, (*ALL_STAGES, "callbacks"))
+        with TelexProducer(settings) as producer:
+            ids = {producer.send(OutboundMessage(
+                account_id="acct-1", channel="sms", sender="55501",
+                recipient=f"+1415302{i:04d}", body=f"cb {i}", idempotency_key=f"cb-{i}",
+                status_callback_url=endpoint.url())) for i in range(40)}
+        history = wait_final(settings, ids, workers)
+        moved = {i: [e["status"] for e in applied(history[i])
+                     if (e["effective_status"] or e["status"]) == e["status"]] for i in ids}
+
+        def all_called_back() -> bool:
+            for w in workers.values():
+                w.assert_alive()
+            return len(endpoint.delivered()) >= sum(len(s) for s in moved.values())
+
+        until_sync(all_called_back, 90, "a callback per status change", interval_s=0.1)
+        assert all(r.verified for r in endpoint.all())
+        got: dict[str, list[str]] = {}
+        for r in _first_delivery(endpoint.delivered()):
+            got.setdefault(r.body["MessageSid"], []).append(r.body["MessageStatus"])
+        assert got == moved
+        assert {s[-1] for s in got.values()} <= {"delivered", "undelivered"}
+        assert {s[0] for s in got.values()} == {"accepted"}
