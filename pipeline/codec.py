@@ -76,6 +76,7 @@ class SchemaName(StrEnum):
     RATELIMIT_DEFERRAL = "ratelimit_deferral"
     REQUEST_REJECTED = "request_rejected"
     STATUS_UPDATE = "status_update"
+    CALLBACK_ATTEMPT = "callback_attempt"
 
 
 def _load_raw(directory: Path) -> dict[str, Schema]:

@@ -132,6 +132,9 @@ def catalogue(settings: Settings) -> list[TopicSpec]:
              "DeliveryStatus history, every event in sequence order; key = message id"),
         spec("delivery-status-latest", COMPACTED, _compacted(),
              "DeliveryStatus, latest per message; key = message id"),
+        spec("callback-attempts", STREAM, _stream(30),
+             "CallbackAttempt: each status callback POSTed to a customer, its answer and "
+             "verdict; key = message id"),
         spec("dlq-parked", STREAM, _stream(30),
              "DeadLetterEnvelope of records that failed again after a replay"),
     ]

@@ -53,7 +53,7 @@ _DLQS = (*dead_letter_topics(), "dlq-parked")
 # Topics keyed by message id, in pipeline order: the order breaks timestamp ties.
 KEYED_BY_ID = ("message-requested", "request-rejections",
                "ratelimit-deferrals", "dispatch-ready", "dispatch-journal", *_TIERS,
-               "status-updates", "delivery-status", *_DLQS)
+               "status-updates", "delivery-status", "callback-attempts", *_DLQS)
 # Keyed by account (records.accepted_key): read once the account is known from the above.
 KEYED_BY_ACCOUNT = ("message-accepted",)
 RECEIPT_TOPICS = ("carrier-receipts", "receipts-unmatched")
@@ -123,6 +123,16 @@ def describe(topic: str, schema: str | None, record: Mapping[str, Any] | None,
                 f"expires {ms_to_text(record.get('expires_at_ms'))}")
     if schema == "request_rejected":
         return "rejected" + _error(record)
+    if schema == "callback_attempt":
+        what = (f"callback {record.get('sequence')} ({record.get('status')}) to "
+                f"{record.get('host')}, attempt {record.get('attempt')}: "
+                f"{record.get('answer')} -> {record.get('verdict')}")
+        due = record.get("next_attempt_at_ms")
+        if due is not None:
+            what += f", next attempt {ms_to_text(int(due))}"
+        elif record.get("verdict") != "delivered":
+            what += f" ({_text(record.get('reason'))})"
+        return what
     if schema == "ratelimit_deferral":
         bucket = str(record.get("bucket", "?"))
         until = ms_to_text(record.get("expected_release_ms"))

@@ -201,3 +201,22 @@ def test_describe_names_what_each_record_says():
         "(after 1 replay(s))")
     assert describe("dispatch-ready", None, None, {}, "CodecError: truncated") == (
         "undecodable record: CodecError: truncated")
+
+
+def test_callback_attempts_read_as_one_line_each():
+    """A retry names the next attempt; a give-up its reason; a delivery just the answer."""
+    base = {"sequence": 2, "status": "sent", "host": "hooks.client.example", "attempt": 1}
+    assert describe("callback-attempts", "callback_attempt", {
+        **base, "answer": "5xx", "verdict": "retry", "reason": "HTTP 503",
+        "next_attempt_at_ms": 0}, {}) == (
+        "callback 2 (sent) to hooks.client.example, attempt 1: 5xx -> retry, next attempt "
+        "1970-01-01T00:00:00.000Z")
+    assert describe("callback-attempts", "callback_attempt", {
+        **base, "answer": "4xx", "verdict": "give_up",
+        "reason": "HTTP 404: the endpoint refused the request", "next_attempt_at_ms": None},
+        {}) == ("callback 2 (sent) to hooks.client.example, attempt 1: 4xx -> give_up "
+                "(HTTP 404: the endpoint refused the request)")
+    assert describe("callback-attempts", "callback_attempt", {
+        **base, "answer": "2xx", "verdict": "delivered", "reason": "HTTP 200",
+        "next_attempt_at_ms": None}, {}) == (
+        "callback 2 (sent) to hooks.client.example, attempt 1: 2xx -> delivered")

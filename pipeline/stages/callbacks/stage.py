@@ -20,10 +20,13 @@ results come back through the runtime's holding hooks (:meth:`next_wake_ms` is d
 results wait; :meth:`wake` applies them to the entries). Fairness (caps per host and account,
 shares across workers, breakers, disabled hosts) is :mod:`~pipeline.stages.callbacks.fairness`.
 
-Outputs: ``dlq-callbacks``: the event's original record with provenance and the last verdict,
-for a callback given up (attempts exhausted, refused by the endpoint or by the SSRF guard, host
-disabled); ``telex dlq replay`` re-publishes it and this stage sends it again (a replayed record
-bypasses the sequence check).
+Outputs:
+- ``callback-attempts``: one CallbackAttempt per attempt answered (answer, verdict, when the
+  next is due): what ``telex trace`` shows;
+- ``dlq-callbacks``: the event's original record with provenance and the last verdict, for a
+  callback given up (attempts exhausted, refused by the endpoint or by the SSRF guard, host
+  disabled); ``telex dlq replay`` re-publishes it and this stage sends it again (a replayed
+  record bypasses the sequence check).
 
 Guarantee: at-least-once per event; an attempt is launched before the checkpoint that records
 it, so a crash repeats at most the attempts in flight, with the same ``webhook-id``, which
@@ -78,6 +81,7 @@ __all__ = ["CallbacksStage", "build"]
 STAGE = "callbacks"
 IN_TOPIC = "delivery-status"
 DLQ = "dlq-callbacks"
+ATTEMPTS = "callback-attempts"
 STORE = "callbacks"
 #: events queued per message at most; a message has a handful (accepted … delivered, read).
 QUEUE_MAX = 32
@@ -107,6 +111,7 @@ class _Job:
     url: str
     host: str
     account: str
+    status: str
     body: bytes
 
 
@@ -115,6 +120,8 @@ class _Answer:
     job: _Job
     verdict: policy.Verdict
     answer: str  # 2xx, 4xx, 410, 5xx, timeout, connect, tls, protocol, dns, refused, unsigned
+    http_status: int | None = None
+    duration_ms: int = 0
 
 
 def _host(url: str) -> str:
@@ -250,7 +257,8 @@ class CallbacksStage(KeyedStage):
         state.set("attempt", attempt)
         state.set_timer(now_ms + WATCHDOG_MS)
         event = self._codec.decode(bytes.fromhex(value_hex), expected="delivery_status")
-        job = _Job(partition, key, seq, attempt, url, host, account, callback_body(event))
+        job = _Job(partition, key, seq, attempt, url, host, account, event["status"],
+                   callback_body(event))
         self._in_flight[(partition, key)] = (seq, attempt)
         CALLBACK_IN_FLIGHT.set(len(self._in_flight))
         assert self._loop is not None, "open() starts the loop"
@@ -288,10 +296,11 @@ class CallbacksStage(KeyedStage):
             log.warning("callback_attempt_error", message_id=job.key, error=repr(exc))
             error = "protocol"
         answer = error or ("410" if status == 410 else f"{(status or 0) // 100}xx")
-        CALLBACK_SECONDS.labels(answer).observe(time.monotonic() - started)
+        took = time.monotonic() - started
+        CALLBACK_SECONDS.labels(answer).observe(took)
         verdict = policy.judge(job.attempt, status, error, retry_after, self._schedule,
                                self._rng)
-        self._answers.append(_Answer(job, verdict, answer))
+        self._answers.append(_Answer(job, verdict, answer, status, int(took * 1000)))
 
     async def _target(self, url: str) -> Target:
         """The URL's checked target, resolved at most once a minute per URL."""
@@ -350,14 +359,24 @@ class CallbacksStage(KeyedStage):
         queue = state.get("queue") or []
         if not queue or queue[0][0] != job.seq or state.get("attempt") != job.attempt:
             return []  # an older attempt's late answer
+        due = now_ms + int(verdict.wait_s * 1000) if verdict.kind == policy.RETRY else None
+        record = Out(ATTEMPTS, job.key, self._codec.encode("callback_attempt", {
+            "message_id": job.key, "account_id": job.account, "sequence": job.seq,
+            "status": job.status, "attempt": job.attempt,
+            "webhook_id": webhook_id(job.key, job.seq), "host": job.host,
+            "answer": answer.answer, "http_status": answer.http_status,
+            "verdict": verdict.kind, "reason": verdict.reason,
+            "duration_millis": answer.duration_ms, "attempted_at_ms": now_ms,
+            "next_attempt_at_ms": due}))
         if verdict.kind == policy.DELIVERED:
             self._outcomes["delivered"].inc()
-            return self._next(job.partition, job.key, state, now_ms)
-        if verdict.kind == policy.RETRY:
-            state.set_timer(now_ms + int(verdict.wait_s * 1000))
-            return []
+            return [record, *self._next(job.partition, job.key, state, now_ms)]
+        if due is not None:
+            state.set_timer(due)
+            return [record]
         kind = "disabled" if verdict.kind == policy.DISABLE else answer.answer
-        return self._give_up(job.partition, job.key, state, now_ms, kind, verdict.reason)
+        return [record, *self._give_up(job.partition, job.key, state, now_ms, kind,
+                                       verdict.reason)]
 
     def _next(self, partition: int, key: str, state: KeyState, now_ms: int) -> list[Out]:
         """The head is done: the next event of the message goes, or the entry rests."""

@@ -112,6 +112,13 @@ def test_every_status_change_arrives_signed_once_per_webhook_id_in_order(
             assert statuses == {("accepted", "sent", "delivered")}
         # The flaky endpoint saw each event twice (503, then 200): the retry kept its id.
         assert len(retried.all()) == 36
+        # Every attempt is on callback-attempts for telex trace: the flaky ones retried once.
+        attempts = [CODEC.decode(m.value()) for m in read_all(
+            settings, "callback-attempts", until=lambda r: len(r) >= 72, timeout=30)]
+        flaky_0 = [(a["sequence"], a["attempt"], a["verdict"]) for a in attempts
+                   if a["message_id"] == "flaky-0"]
+        assert flaky_0 == [(1, 1, "retry"), (1, 2, "delivered"), (2, 1, "retry"),
+                           (2, 2, "delivered"), (3, 1, "retry"), (3, 2, "delivered")]
         assert not [r for r in healthy.all() + retried.all()
                     if r.body["MessageSid"].startswith("none-")]
 

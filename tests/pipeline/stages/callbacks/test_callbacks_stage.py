@@ -127,6 +127,11 @@ def test_a_retry_waits_as_the_entry_timer_and_keeps_its_webhook_id(settings: Set
     h.fire(NOW + 1_000)
     h.answers(3, now=NOW + 1_000)
     assert h.sender.sent == [("msg_m1_1", 1), ("msg_m1_1", 1), ("msg_m1_2", 2)]
+    attempts = [CODEC.decode(o.value) for o in h.outs if o.topic == "callback-attempts"]
+    assert [(a["sequence"], a["attempt"], a["answer"], a["verdict"]) for a in attempts] == [
+        (1, 1, "5xx", "retry"), (1, 2, "2xx", "delivered"), (2, 1, "2xx", "delivered")]
+    assert attempts[0]["next_attempt_at_ms"] == timer
+    assert {a["webhook_id"] for a in attempts[:2]} == {"msg_m1_1"}
     h.close()
 
 
