@@ -18,17 +18,20 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
 from pipeline.codec import AvroCodec
 from pipeline.dev.broker import DevBroker
+from pipeline.dev.callback_receiver import Receiver, callback_receiver
 from pipeline.ops.topic_reader import read_from_start
 from pipeline.procutil import free_ports
 from pipeline.runtime.registry import dead_letter_topics
 from pipeline.sdk import OutboundMessage, TelexProducer
 from pipeline.settings import Settings, load_settings
+from pipeline.stages.callbacks.signing import generate_secret
 from pipeline.topics import admin_client, apply_topics, catalogue
 
 FINAL = ("delivered", "undelivered", "failed", "read", "canceled")
@@ -48,20 +51,24 @@ def _sender(i: int) -> str:
     return _SENDERS[0][1]
 
 
-def _request(i: int) -> OutboundMessage:
+def _request(i: int, callback_url: str | None = None) -> OutboundMessage:
+    # Account acct-1 (a fifth of the messages) asked for status callbacks.
+    url = callback_url if i % 5 == 1 else None
     if i % 10 == 5:  # 10 % WhatsApp
         return OutboundMessage(account_id=f"acct-{i % 5}", channel="whatsapp",
                                sender=WA_SENDER, recipient=f"whatsapp:+1415556{i % 10_000:04d}",
-                               body=f"Your order {i} has shipped", idempotency_key=f"demo-{i}")
+                               body=f"Your order {i} has shipped", idempotency_key=f"demo-{i}",
+                               status_callback_url=url)
     return OutboundMessage(
         account_id=f"acct-{i % 5}", channel="sms",
         sender="+19995550100" if i % 50 == 0 else _sender(i),  # 2 % unregistered
         recipient="+1415555" + f"{i % 10_000:04d}", body=f"Your code is {100000 + i}",
-        idempotency_key=f"demo-{i}")
+        idempotency_key=f"demo-{i}", status_callback_url=url)
 
 
-def _requests(count: int, rng: random.Random) -> tuple[list[OutboundMessage], dict[str, int]]:
-    base = [_request(i) for i in range(count)]
+def _requests(count: int, rng: random.Random, callback_url: str | None = None
+              ) -> tuple[list[OutboundMessage], dict[str, int]]:
+    base = [_request(i, callback_url) for i in range(count)]
     repeats = rng.sample(base, count // 10)
     conflicts = [replace(m, body=f"{m.body} (edited)") for m in rng.sample(base, count // 50)]
     plan = {"requests": count + len(repeats) + len(conflicts), "unique": count,
@@ -77,7 +84,7 @@ def _drain(settings: Settings, topic: str) -> list[tuple[bytes, bytes]]:
 def run(count: int = 2000, timeout: float = 120.0) -> int:
     """Run the demo; returns 0 when every unique request reached a status in time."""
     existing = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    with TemporaryDirectory(prefix="telex-demo-") as tmp:
+    with TemporaryDirectory(prefix="telex-demo-") as tmp, ExitStack() as stack:
         broker = None if existing else DevBroker(Path(tmp) / "kafka", die_with_parent=True)
         bootstrap = existing or broker.start()  # type: ignore[union-attr]
         print(f"broker: {'existing' if existing else 'Kafka (Maven Central jars)'} at {bootstrap}")
@@ -119,10 +126,21 @@ def run(count: int = 2000, timeout: float = 120.0) -> int:
         print(f"carrier: WhatsApp-style HTTP channel simulator on 127.0.0.1:{wa_port}; signed "
               f"status webhooks to the receiver on 127.0.0.1:{hook_port}: 90 % read, "
               "5 % delivered, 5 % failed")
+        secrets = Path(tmp) / "callback-secrets.json"
+        secret = generate_secret()
+        secrets.write_text(json.dumps({"acct-1": [secret]}))
+        receiver = stack.enter_context(callback_receiver(secret))
+        print(f"customer: status callbacks of account acct-1 to {receiver.url()}, signed "
+              "(Standard Webhooks); loopback allowed by TELEX_CALLBACK_ALLOW_NETWORKS")
+        # Loopback and http are refused by default (SSRF guard); the demo allows them
+        # explicitly, as a local deployment would.
         settings = settings.model_copy(update={"carriers_file": str(carriers),
                                                "retry_schedule_s": (1, 2, 4),
                                                "receipt_window_s": 60,
-                                               "webhook_port": hook_port})
+                                               "webhook_port": hook_port,
+                                               "callback_secrets_file": str(secrets),
+                                               "callback_allow_http": True,
+                                               "callback_allow_networks": "127.0.0.0/8"})
         env = {**os.environ, **settings.to_env(),
                "TELEX_LOG_LEVEL": os.environ.get("TELEX_LOG_LEVEL", "WARNING")}
         # One worker runs the whole topology (every stage this configuration has), as a
@@ -136,7 +154,7 @@ def run(count: int = 2000, timeout: float = 120.0) -> int:
                     stdout=out, stderr=subprocess.STDOUT))
         workers += [smsc, channel]
         try:
-            result = _run_batch(settings, count, timeout)
+            result = _run_batch(settings, count, timeout, receiver)
             if result != 0:
                 for stage, path in logs.items():
                     tail = path.read_text(errors="replace").splitlines()[-15:]
@@ -151,9 +169,9 @@ def run(count: int = 2000, timeout: float = 120.0) -> int:
                 broker.stop()
 
 
-def _run_batch(settings: Settings, count: int, timeout: float) -> int:
+def _run_batch(settings: Settings, count: int, timeout: float, receiver: Receiver) -> int:
     codec = AvroCodec.from_settings(settings)
-    requests, plan = _requests(count, random.Random(1))
+    requests, plan = _requests(count, random.Random(1), receiver.url())
     started = time.monotonic()
     with TelexProducer(settings) as producer:
         producer.send_batch(requests)
@@ -189,4 +207,24 @@ def _run_batch(settings: Settings, count: int, timeout: float) -> int:
                  and "resending" in codec.decode(v)["error_reason"] for _, v in history)
     print(f"  carrier receipts and submissions reconciled: {receipts}; resent after a failed "
           f"receipt: {resent}")
-    return 0 if sum(s in FINAL for s in statuses.values()) >= count else 1
+    finals = sum(s in FINAL for s in statuses.values()) >= count
+    called = _callbacks(settings, codec, history, receiver, deadline)
+    return 0 if finals and called else 1
+
+
+def _callbacks(settings: Settings, codec: AvroCodec, history: list[tuple[bytes, bytes]],
+               receiver: Receiver, deadline: float) -> bool:
+    """Wait for a callback per status change of acct-1's messages; print what arrived."""
+    events = [codec.decode(v) for _, v in history]
+    expected = {f"msg_{e['message_id']}_{e['sequence']}" for e in events
+                if e["account_id"] == "acct-1"
+                and (e["effective_status"] or e["status"]) == e["status"]}
+    while time.monotonic() < deadline:
+        if expected <= {r.webhook_id for r in receiver.delivered()}:
+            break
+        time.sleep(0.2)  # pacing between looks at the receiver; the condition is above
+    got = {r.webhook_id for r in receiver.delivered()}
+    unverified = sum(not r.verified for r in receiver.all())
+    print(f"  status callbacks to acct-1's endpoint: {len(got & expected)} of "
+          f"{len(expected)} status changes, {unverified} with a bad signature")
+    return expected <= got and unverified == 0

@@ -14,13 +14,13 @@ import pytest
 from connectors.simulators.smsc_model import SmscConfig
 from connectors.simulators.threaded import ThreadedSmsc
 from pipeline.codec import AvroCodec
+from pipeline.dev.callback_receiver import callback_receiver
 from pipeline.headers import H_ERROR_MESSAGE, H_MESSAGE_ID
 from pipeline.records import update_record
 from pipeline.runtime.deadletter import header_dict
 from pipeline.sdk import OutboundMessage, TelexProducer
 from pipeline.settings import Settings
 from pipeline.stages.callbacks.signing import generate_secret
-from tests.fixtures.callback_receiver import callback_receiver
 from tests.fixtures.telex import Worker, produce, read_all
 from tests.fixtures.waiting import until_sync
 from tests.pipeline.stages.pipeline_helpers import (
