@@ -215,6 +215,11 @@ class Settings(BaseSettings):
         description="TELEX_CALLBACK_ACCOUNT_CONCURRENCY: attempts in flight for one account "
         "across all callbacks workers together.",
     )
+    callback_host_rate: float = Field(
+        500.0, gt=0, validation_alias="TELEX_CALLBACK_HOST_RATE",
+        description="TELEX_CALLBACK_HOST_RATE: callbacks per second to one endpoint host "
+        "across all callbacks workers together (each holds its partitions' share).",
+    )
     callback_breaker_failures: int = Field(
         5, ge=1, le=1000, validation_alias="TELEX_CALLBACK_BREAKER_FAILURES",
         description="TELEX_CALLBACK_BREAKER_FAILURES: consecutive failed attempts (no answer, "

@@ -9,6 +9,10 @@ what bounds the damage is how many of them one host (and one account) may hold a
   sum above 1 and the workers together never exceed the cap. A worker always gets at least one
   slot (a share under one attempt would starve it); with more workers than the cap allows that
   rounds the total up to one per worker, which the README says.
+- **A rate per host** (``rate`` callbacks/s, the same share of it per worker): attempts are
+  spaced at least ``1 / (rate * share)`` apart per host (a virtual schedule: a burst of one),
+  so a customer's endpoint sees a steady trickle after an outage rather than a flood.
+  A restarted worker starts with no credit, so a restart never adds a burst.
 - **A circuit breaker per host**: ``failures`` consecutive failed attempts (no answer, 408,
   429, 5xx) open it for a cooldown that doubles on each failed probe (30 s up to 10 min); then
   one probe goes, and its success closes it. While open, the host's callbacks wait without
@@ -43,6 +47,7 @@ class HostHealth:
     probing: bool = False  # the one half-open probe is in flight
     failing_since_ms: int | None = None
     disabled: str | None = None  # why, once disabled
+    next_slot_ms: float = 0.0  # earliest time the next attempt may start (host rate)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +65,8 @@ class Gates:
     """Admission of attempts by host and account; :meth:`finish` reports how each ended."""
 
     def __init__(self, host_cap: int, account_cap: int, failures: int,
-                 disable_after_ms: int) -> None:
+                 disable_after_ms: int, host_rate: float | None = None) -> None:
+        self._host_rate = host_rate
         self._host_cap = host_cap
         self._account_cap = account_cap
         self._failures = failures
@@ -87,6 +93,13 @@ class Gates:
         if self._accounts.get(account, 0) >= self.slots(self._account_cap, share):
             health.probing = False
             return Admission(False, now_ms + FULL_WAIT_MS, reason="account at its cap")
+        if self._host_rate:
+            if now_ms < health.next_slot_ms:
+                health.probing = False
+                return Admission(False, math.ceil(health.next_slot_ms),
+                                 reason="host at its rate")
+            spacing = 1000.0 / (self._host_rate * max(share, 1e-6))
+            health.next_slot_ms = max(health.next_slot_ms, now_ms) + spacing
         health.in_flight += 1
         self._accounts[account] = self._accounts.get(account, 0) + 1
         return Admission(True)

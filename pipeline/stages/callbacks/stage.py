@@ -151,7 +151,8 @@ class CallbacksStage(KeyedStage):
         self._gates = Gates(settings.callback_host_concurrency,
                             settings.callback_account_concurrency,
                             settings.callback_breaker_failures,
-                            int(settings.callback_disable_after_s * 1000))
+                            int(settings.callback_disable_after_s * 1000),
+                            settings.callback_host_rate)
         self._resolver = resolver or SystemResolver()
         self._sender = sender
         self._rng = rng or random.Random()

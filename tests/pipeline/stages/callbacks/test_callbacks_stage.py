@@ -55,7 +55,8 @@ def settings(tmp_path: Path) -> Settings:
     secrets.write_text(json.dumps({"*": [generate_secret()]}))
     return Settings(TELEX_CALLBACK_SECRETS_FILE=str(secrets), TELEX_CALLBACK_ALLOW_HTTP=True,
                     TELEX_CALLBACK_ALLOW_NETWORKS="127.0.0.0/8",
-                    TELEX_CALLBACK_RETRY_CEILINGS_S="1,1", TELEX_PARTITIONS=1)
+                    TELEX_CALLBACK_RETRY_CEILINGS_S="1,1", TELEX_PARTITIONS=1,
+                    TELEX_CALLBACK_HOST_RATE=1e9)  # the host rate is test_fairness's
 
 
 def _stage(settings: Settings, sender: FakeSender) -> CallbacksStage:

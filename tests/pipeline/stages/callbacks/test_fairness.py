@@ -86,3 +86,14 @@ def test_a_success_resets_the_failure_period() -> None:
         gates.admit("flaky.example", "a", 1.0, t)
         gates.finish("flaky.example", "a", outcome, t)
     assert gates.state("flaky.example", 2_001) != "disabled"
+
+
+def test_a_host_rate_spaces_attempts_by_the_workers_share() -> None:
+    """10/s with half the partitions: one attempt per 200 ms to that host; others unaffected."""
+    gates = Gates(100, 100, 5, DAY_MS, host_rate=10.0)
+    assert gates.admit("h.example", "a", 0.5, 1_000).go
+    held = gates.admit("h.example", "a", 0.5, 1_050)
+    assert not held.go and held.wait_until_ms == 1_200 and held.reason == "host at its rate"
+    assert gates.admit("other.example", "a", 0.5, 1_050).go
+    assert gates.admit("h.example", "a", 0.5, 1_200).go
+    assert not gates.admit("h.example", "a", 0.5, 1_399).go
