@@ -7,12 +7,12 @@ from a JSON file (``TELEX_SENDERS_FILE``); without one, the demo registry below 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from pipeline.configfile import read_json
 from pipeline.errors import ConfigError
 
 __all__ = [
@@ -76,11 +76,7 @@ class SenderRegistry:
 
     @classmethod
     def from_file(cls, path: str | Path) -> SenderRegistry:
-        try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot read sender registry {path}: {exc}") from exc
-        return cls.from_mapping(data)
+        return cls.from_mapping(read_json(path, "sender registry"))
 
 
 DEMO_SENDERS = SenderRegistry([

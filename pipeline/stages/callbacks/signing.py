@@ -20,11 +20,11 @@ import base64
 import binascii
 import hashlib
 import hmac
-import json
 import secrets as _random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from pipeline.configfile import read_json
 from pipeline.errors import ConfigError, TelexError
 
 __all__ = [
@@ -146,8 +146,5 @@ class SecretBook:
 
     @classmethod
     def from_file(cls, path: str | Path) -> SecretBook:
-        try:
-            raw = json.loads(Path(path).read_text())
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot read callback secrets file {path}: {exc}") from None
-        return cls.from_mapping(raw, f"callback secrets file {path}")
+        return cls.from_mapping(read_json(path, "callback secrets file"),
+                                f"callback secrets file {path}")

@@ -26,7 +26,6 @@ configs hide them from ``repr``, and no error raised here quotes a value.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from typing import Any
 from connectors.base import Connector
 from connectors.http_channel.client import WhatsAppClient, WhatsAppConfig
 from connectors.smpp.client import SmppClient, SmppConfig
+from pipeline.configfile import read_json
 from pipeline.errors import ConfigError
 from pipeline.stages.dispatch.routing import CircuitBreaker, RouteTable
 
@@ -151,10 +151,7 @@ class Carriers:
 
     @classmethod
     def from_file(cls, path: str | Path) -> Carriers:
-        try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot read carriers file {path}: {exc}") from exc
+        data = read_json(path, "carriers file")
         if not isinstance(data, Mapping):
             raise ConfigError(f"carriers file {path}: expected an object")
         raw = data.get("connectors", [])

@@ -10,7 +10,6 @@ time is always passed in as ``now_ms``.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from connectors.base import ErrorKind
+from pipeline.configfile import read_json
 from pipeline.errors import ConfigError, TelexError
 from pipeline.records import CHANNELS
 
@@ -108,10 +108,7 @@ class RouteTable:
     @classmethod
     def from_file(cls, path: str | Path) -> RouteTable:
         """Table from a JSON file holding a list of routes, or ``{"routes": [...]}``."""
-        try:
-            raw = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot read route table {path}: {exc}") from exc
+        raw = read_json(path, "route table")
         if isinstance(raw, dict):
             raw = raw.get("routes")
         return cls.from_mapping(raw)

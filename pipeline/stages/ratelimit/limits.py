@@ -14,7 +14,6 @@ by ``TELEX_LIMITS_FILE`` is JSON:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 
 import phonenumbers
 
+from pipeline.configfile import read_json
 from pipeline.errors import ConfigError
 from pipeline.records import accepted_key
 from pipeline.senders import SenderKind, SenderRegistry
@@ -76,10 +76,10 @@ class Limits:
 
     @classmethod
     def from_file(cls, path: str | Path, senders: SenderRegistry) -> Limits:
+        data = read_json(path, "limits file")
         try:
-            data = json.loads(Path(path).read_text())
             return cls.from_mapping(data, senders)
-        except (OSError, ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError) as exc:
             raise ConfigError(f"cannot read limits file {path}: {exc}") from exc
 
     @classmethod
