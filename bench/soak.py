@@ -22,8 +22,12 @@ offer): long enough for every bounded structure that fills with traffic to reach
 ``pipeline/runtime/store.py``), the SMPP client's id map (120 s), librdkafka's buffers. Per
 process it prints the RSS at the end of the warm-up and at the end of the offer, the change in
 %, and the least-squares slope of RSS against messages offered after the warm-up (MiB per 100k
-messages); then the probe's figures at the same two moments. Flat memory means a change within
-±5 % and a slope near zero. ``--json`` writes the figures and every sample.
+messages); then the probe's figures at the same two moments. A single sample lands anywhere
+in a worker's one-minute ``malloc_trim`` cycle (up to ~15 MiB freed but not yet returned), so
+the table also compares the **median** RSS of the first and the last 10 minutes after the warm-up
+(each window spans ten trim cycles): that change is the one to judge. Flat memory means a
+median change within ±5 % and a slope near zero. ``--json`` writes the figures and every
+sample.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import threading
 import time
@@ -180,6 +185,10 @@ def slope(points: list[tuple[float, float]]) -> float:
     return sum((x - mx) * (y - my) for x, y in points) / sxx
 
 
+#: the windows whose median RSS the table compares (first and last after the warm-up).
+MEDIAN_WINDOW_S = 600.0
+
+
 def summarise(samples: Samples, warmup_s: float, offered_until: float) -> dict[str, Any]:
     """Per process: RSS (MiB) at warm-up end and offer end, change in %, MB per 100k msgs."""
     rows = [r for r in samples.rows if r[0] <= offered_until + 1e-9]
@@ -194,7 +203,17 @@ def summarise(samples: Samples, warmup_s: float, offered_until: float) -> dict[s
         warm = first[2][name] / 1024
         end = last[2].get(name, 0) / 1024
         pts = [(msgs / 100_000, rss[name] / 1024) for _, msgs, rss in after if name in rss]
+        window = min(MEDIAN_WINDOW_S, (last[0] - first[0]) / 3)
+        early = [rss[name] / 1024 for t, _, rss in after
+                 if name in rss and t < first[0] + window]
+        late = [rss[name] / 1024 for t, _, rss in after
+                if name in rss and t > last[0] - window]
+        warm_med, end_med = statistics.median(early), statistics.median(late)
         out[name] = {"rss_warm_mib": round(warm, 1), "rss_end_mib": round(end, 1),
+                     "rss_warm_median_mib": round(warm_med, 1),
+                     "rss_end_median_mib": round(end_med, 1),
+                     "change_median_pct": round((end_med - warm_med) / warm_med * 100, 1)
+                     if warm_med else 0.0,
                      "change_pct": round((end - warm) / warm * 100, 1) if warm else 0.0,
                      "slope_mib_per_100k_msgs": round(slope(pts), 2),
                      "peak_mib": round(max(rss.get(name, 0) for _, _, rss in rows) / 1024, 1),
@@ -316,10 +335,13 @@ def print_table(result: dict[str, Any], args: argparse.Namespace) -> None:
     if result["not_final"]:
         print(f"  not final, e.g.: {result['not_final_examples']}")
     print(f"  {'process':18} {'RSS warm MiB':>12} {'RSS end MiB':>12} {'change':>8} "
-          f"{'MiB/100k msgs':>14} {'peak MiB':>9} {'CPU s/1k':>9}")
+          f"{'median 10-min windows':>24} {'MiB/100k msgs':>14} {'peak MiB':>9} "
+          f"{'CPU s/1k':>9}")
     for name, p in result["processes"].items():
+        medians = (f"{p['rss_warm_median_mib']:.1f} → {p['rss_end_median_mib']:.1f} "
+                   f"({p['change_median_pct']:+.1f}%)")
         print(f"  {name:18} {p['rss_warm_mib']:12.1f} {p['rss_end_mib']:12.1f} "
-              f"{p['change_pct']:7.1f}% {p['slope_mib_per_100k_msgs']:14.2f} "
+              f"{p['change_pct']:7.1f}% {medians:>24} {p['slope_mib_per_100k_msgs']:14.2f} "
               f"{p['peak_mib']:9.1f} {p['cpu_s_per_1000_msgs']:9.3f}")
     print("\n  memory at warm → end (MiB unless a count): anonymous RSS; RocksDB block cache "
           "(memtables charged to it) and its data, filter, index and write-buffer parts, "

@@ -48,3 +48,19 @@ def test_the_summary_compares_the_first_sample_after_warm_up_with_the_last():
     assert (out["rss_warm_mib"], out["rss_end_mib"], out["change_pct"]) == (2.0, 2.1, 5.0)
     assert (out["anon_warm_mib"], out["anon_end_mib"]) == (1.0, 1.0)
     assert (out["probe_warm"]["cache"], out["probe_end"]["cache"]) == (1.0, 2.0)
+
+
+def test_the_median_change_ignores_where_single_samples_fall_in_a_trim_cycle():
+    """A sawtooth (freed memory returned every cycle) compares flat by window medians, though
+    its last sample sits at a peak; a real rise still shows."""
+    samples = Samples(rate=10)
+    for t in range(0, 3_600, 60):
+        saw = 100_000 + (10_000 if (t // 60) % 4 == 3 else 0)  # a peak every 4th sample
+        samples.rows.append((t, 10 * t, {"flat": saw, "rising": 100_000 + 10 * t}))
+        samples.cpu.append({"flat": 0.0, "rising": 0.0})
+        samples.anon.append({})
+        samples.probes.append({})
+    out = summarise(samples, warmup_s=600, offered_until=3_540)
+    assert out["flat"]["change_pct"] > 5  # the last sample is a peak
+    assert out["flat"]["change_median_pct"] == 0.0
+    assert out["rising"]["change_median_pct"] > 20
