@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import math
 import random
 import threading
 import time
@@ -89,6 +90,11 @@ QUEUE_MAX = 32
 #: attempt is still in flight here it only moves on; firing in a worker that never launched it
 #: (restarted, or the partition's new owner) it sends the callback again, with the same id.
 WATCHDOG_MS = 2_000
+#: callbacks waiting in memory for their host (bounded: beyond, they rely on their timer).
+WAITING_MAX = 100_000
+#: a waiting callback's timer: the safety net when a restart has forgotten the waiting lists
+#: (uniform in [1, 2] x this, so a restarted worker does not retry every one at once).
+WAIT_SAFETY_MS = 30_000
 #: while attempts are in flight, the runner's poll waits at most this long for their answers.
 ANSWER_POLL_MS = 5
 #: a resolved target is reused this long (one lookup per host, not per callback).
@@ -160,6 +166,10 @@ class CallbacksStage(KeyedStage):
         self._share = 1.0
         self._answers: collections.deque[_Answer] = collections.deque()
         self._in_flight: dict[tuple[int, str], tuple[int, int]] = {}
+        # Callbacks waiting for their host to have room, oldest first, and when to look again
+        # at each host's list (now: an attempt to it ended; later: breaker or rate).
+        self._waiting: dict[str, collections.OrderedDict[tuple[int, str], None]] = {}
+        self._kick: dict[str, float] = {}
         self._targets: collections.OrderedDict[str, tuple[float, Target]] = (
             collections.OrderedDict())
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -251,8 +261,16 @@ class CallbacksStage(KeyedStage):
             return self._give_up(partition, key, state, now_ms, "disabled",
                                  f"endpoint host {host} is disabled: {admission.disabled}")
         if not admission.go:
-            jitter = self._rng.randint(0, 250)
-            state.set_timer(admission.wait_until_ms + jitter)
+            # Waits in memory behind its host, woken when the host has room (an attempt to it
+            # ends, its breaker's cooldown or its rate's next slot passes): no polling, so
+            # thousands waiting for a dead endpoint cost nothing per second. The timer is
+            # the safety net of a restart, which forgets the waiting lists.
+            waiting = self._waiting.setdefault(host, collections.OrderedDict())
+            if len(waiting) < WAITING_MAX:
+                waiting[(partition, key)] = None
+            if admission.reason != "host at its cap":  # a cap is freed by a finish: see _apply
+                self._kick[host] = min(self._kick.get(host, math.inf), admission.wait_until_ms)
+            state.set_timer(now_ms + WAIT_SAFETY_MS + self._rng.randint(0, WAIT_SAFETY_MS))
             return []
         attempt = int(state.get("attempt") or 0) + 1
         state.set("attempt", attempt)
@@ -323,9 +341,10 @@ class CallbacksStage(KeyedStage):
     def next_wake_ms(self) -> float | None:
         if self._answers:
             return 0.0
+        due = min(self._kick.values(), default=math.inf)
         if self._in_flight:
-            return time.time() * 1000 + ANSWER_POLL_MS
-        return None
+            due = min(due, time.time() * 1000 + ANSWER_POLL_MS)
+        return None if due == math.inf else due
 
     def wake(self, now_ms: int, stores: Mapping[tuple[str, int], Store]) -> list[Out]:
         if stores:
@@ -333,8 +352,32 @@ class CallbacksStage(KeyedStage):
         outs: list[Out] = []
         while self._answers:
             outs += self._apply(self._answers.popleft(), stores, now_ms)
+        for host in [h for h, due in self._kick.items() if due <= now_ms]:
+            del self._kick[host]
+            outs += self._admit_waiting(host, stores, now_ms)
         CALLBACK_IN_FLIGHT.set(len(self._in_flight))
         self.health(now_ms)
+        return outs
+
+    def _admit_waiting(self, host: str, stores: Mapping[tuple[str, int], Store],
+                       now_ms: int) -> list[Out]:
+        """Start the callbacks waiting for ``host``, oldest first, while it has room; the first
+        refused one goes back to the front (and books the host's next kick)."""
+        waiting = self._waiting.get(host)
+        outs: list[Out] = []
+        while waiting:
+            (partition, key), _ = waiting.popitem(last=False)
+            store = stores.get((self._topic, partition))
+            if store is None:
+                continue
+            state = KeyState(store, key, now_ms)
+            launched = len(self._in_flight)
+            outs += self._start(partition, key, state, now_ms)
+            if len(self._in_flight) == launched and (partition, key) in waiting:
+                waiting.move_to_end((partition, key), last=False)
+                break
+        if not waiting:
+            self._waiting.pop(host, None)
         return outs
 
     def _apply(self, answer: _Answer, stores: Mapping[tuple[str, int], Store],
@@ -349,6 +392,8 @@ class CallbacksStage(KeyedStage):
             self._gates.finish(job.host, job.account, health, now_ms)
         else:
             self._gates.finish(job.host, job.account, "ok", now_ms)  # nothing was sent
+        if self._waiting.get(job.host):
+            self._kick[job.host] = now_ms  # a slot is free: the next waiting one may go
         CALLBACK_ATTEMPTS.labels(answer.answer, verdict.kind).inc()
         log.info("callback_attempt", message_id=job.key, sequence=job.seq, attempt=job.attempt,
                  host=job.host, answer=answer.answer, verdict=verdict.kind,
@@ -409,6 +454,9 @@ class CallbacksStage(KeyedStage):
         gone = {p for _, p in partitions}
         for held in [k for k in self._in_flight if k[0] in gone]:
             del self._in_flight[held]  # its answer, when it comes, finds no store
+        for waiting in self._waiting.values():
+            for held in [k for k in waiting if k[0] in gone]:
+                del waiting[held]
 
     def health(self, now_ms: int) -> dict[str, int]:
         """Hosts by breaker state (also exported as a gauge)."""

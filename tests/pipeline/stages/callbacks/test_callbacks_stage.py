@@ -183,3 +183,16 @@ def test_no_url_or_a_lower_late_event_sends_nothing(settings: Settings) -> None:
     h.answers(1)
     assert h.sender.sent == [("msg_m1_1", 1)]
     h.close()
+
+
+def test_callbacks_waiting_for_a_full_host_go_as_slots_free_without_polling(
+        settings: Settings) -> None:
+    """Host cap 1: the second and third messages wait in memory (their timers only a distant
+    safety net) and go one by one as each answer frees the slot; no timer has to fire."""
+    h = Harness(settings.model_copy(update={"callback_host_concurrency": 1}), FakeSender())
+    h.feed(*(_event(settings, 1, "accepted", mid=f"m{i}") for i in range(3)))
+    assert len(h.stage._in_flight) == 1
+    assert all(KeyState(h.store, f"m{i}", NOW).timer >= NOW + 30_000 for i in (1, 2))
+    h.answers(3)
+    assert sorted(h.sender.sent) == [("msg_m0_1", 1), ("msg_m1_1", 1), ("msg_m2_1", 1)]
+    h.close()
