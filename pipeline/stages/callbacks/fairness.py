@@ -9,10 +9,10 @@ what bounds the damage is how many of them one host (and one account) may hold a
   sum above 1 and the workers together never exceed the cap. A worker always gets at least one
   slot (a share under one attempt would starve it); with more workers than the cap allows that
   rounds the total up to one per worker, which the README says.
-- **A rate per host** (``rate`` callbacks/s, the same share of it per worker): attempts are
-  spaced at least ``1 / (rate * share)`` apart per host (a virtual schedule: a burst of one),
-  so a customer's endpoint sees a steady trickle after an outage rather than a flood.
-  A restarted worker starts with no credit, so a restart never adds a burst.
+- **A rate per host** (``rate`` callbacks/s, the same share of it per worker): GCRA, slots
+  ``1 / (rate * share)`` apart with a burst of 0.1 s worth, so a customer's endpoint sees a
+  steady stream after an outage rather than a flood. A restarted worker starts with no
+  credit beyond that burst.
 - **A circuit breaker per host**: ``failures`` consecutive failed attempts (no answer, 408,
   429, 5xx) open it for a cooldown that doubles on each failed probe (30 s up to 10 min); then
   one probe goes, and its success closes it. While open, the host's callbacks wait without
@@ -32,6 +32,8 @@ __all__ = ["Admission", "Gates", "HostHealth"]
 
 COOLDOWN_MS = 30_000
 MAX_COOLDOWN_MS = 600_000
+#: the host rate's burst: this many seconds' worth of its rate may go at once.
+RATE_BURST_S = 0.1
 #: how long a callback that found its host or account full waits before it asks again.
 FULL_WAIT_MS = 250
 
@@ -94,11 +96,15 @@ class Gates:
             health.probing = False
             return Admission(False, now_ms + FULL_WAIT_MS, reason="account at its cap")
         if self._host_rate:
-            if now_ms < health.next_slot_ms:
+            # GCRA: slots ``spacing`` apart, up to RATE_BURST_S of them at once, so a worker
+            # that looks late (a busy loop) still sends at the rate instead of one per look.
+            rate = self._host_rate * max(share, 1e-6)
+            spacing = 1000.0 / rate
+            tolerance = spacing * (max(1.0, rate * RATE_BURST_S) - 1)
+            if health.next_slot_ms - now_ms > tolerance:
                 health.probing = False
-                return Admission(False, math.ceil(health.next_slot_ms),
+                return Admission(False, math.ceil(health.next_slot_ms - tolerance),
                                  reason="host at its rate")
-            spacing = 1000.0 / (self._host_rate * max(share, 1e-6))
             health.next_slot_ms = max(health.next_slot_ms, now_ms) + spacing
         health.in_flight += 1
         self._accounts[account] = self._accounts.get(account, 0) + 1

@@ -97,3 +97,15 @@ def test_a_host_rate_spaces_attempts_by_the_workers_share() -> None:
     assert gates.admit("other.example", "a", 0.5, 1_050).go
     assert gates.admit("h.example", "a", 0.5, 1_200).go
     assert not gates.admit("h.example", "a", 0.5, 1_399).go
+
+
+def test_a_late_look_still_sends_at_the_rate() -> None:
+    """500/s: a worker that looks only every 10 ms still gets ~5 attempts per look (the burst
+    covers 0.1 s), not one: the rate holds even when the loop is busy."""
+    gates = Gates(1_000, 1_000, 5, DAY_MS, host_rate=500.0)
+    sent = 0
+    for look in range(100):  # one second of looks, 10 ms apart
+        now = 1_000 + 10 * look
+        while gates.admit("h.example", "a", 1.0, now).go:
+            sent += 1
+    assert 490 <= sent <= 550
