@@ -42,8 +42,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -58,7 +56,7 @@ from typing import Any
 from confluent_kafka import Producer
 from hdrh.histogram import HdrHistogram
 
-from bench.harness import REPO, local_broker, proc_stats, worker_env
+from bench.harness import REPO, local_broker, proc_stats, worker_env, write_figures
 from bench.rig import SubmitLog
 from pipeline.codec import AvroCodec
 from pipeline.headers import H_CALLBACK_URL
@@ -418,12 +416,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"run {i + 1}/{args.runs}", flush=True)
             results.append(one_run(bootstrap, tmp, broker_pid, args))
     summarise(results, args)
-    if args.json is not None:
-        args.json.write_text(json.dumps({
-            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                        "python": platform.python_version()},
-            "args": {k: str(v) for k, v in vars(args).items()}, "runs": results}, indent=1))
-        print(f"\nfigures written to {args.json}")
+    write_figures(args, {"runs": results})
     return 0
 
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import platform
 import statistics
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from tempfile import TemporaryDirectory
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pipeline.dev.broker import DevBroker
 from pipeline.settings import Settings
@@ -60,3 +63,14 @@ def print_summary(title: str, results: list[Mapping[str, float]], width: int = 2
         values = [r[metric] for r in results]
         print(f"  {metric:{width}} {statistics.median(values):12.3f}  "
               f"({min(values):.3f}, {max(values):.3f})")
+
+
+def write_figures(args: argparse.Namespace, figures: Mapping[str, Any]) -> None:
+    """``--json``: the machine, the arguments and every figure, in one file (when asked)."""
+    if args.json is None:
+        return
+    args.json.write_text(json.dumps({
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                    "python": platform.python_version()},
+        "args": {k: str(v) for k, v in vars(args).items()}, **figures}, indent=1))
+    print(f"\nfigures written to {args.json}")

@@ -33,7 +33,6 @@ import argparse
 import itertools
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -46,7 +45,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from hdrh.histogram import HdrHistogram
 
 from bench import load
-from bench.harness import REPO, local_broker, proc_stats, worker_env
+from bench.harness import REPO, local_broker, proc_stats, worker_env, write_figures
 from bench.rig import Rig, rig
 from pipeline.codec import AvroCodec
 from pipeline.procutil import die_with_parent
@@ -375,12 +374,7 @@ def main(argv: list[str] | None = None) -> int:
             results.append({"shapes": got, "baseline": baseline(bootstrap,
                                                                 args.baseline_messages)})
     summarise(results)
-    if args.json is not None:
-        args.json.write_text(json.dumps({
-            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                        "python": platform.python_version()},
-            "args": {k: str(v) for k, v in vars(args).items()}, "runs": results}, indent=1))
-        print(f"\nfigures written to {args.json}")
+    write_figures(args, {"runs": results})
     return 0
 
 

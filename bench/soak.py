@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import threading
@@ -48,7 +47,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from bench.harness import proc_stats
+from bench.harness import proc_stats, write_figures
 from bench.load import encoded
 from bench.pipeline import Run
 from bench.rig import Rig, _label, _tree, rig
@@ -389,12 +388,7 @@ def main(argv: list[str] | None = None) -> int:
             if broker is not None:
                 broker.stop()
     print_table(result, args)
-    if args.json is not None:
-        args.json.write_text(json.dumps({
-            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                        "python": platform.python_version()},
-            "args": {k: str(v) for k, v in vars(args).items()}, **result}, indent=1))
-        print(f"\nfigures written to {args.json}")
+    write_figures(args, result)
     return 0 if result["not_final"] == 0 else 1
 
 
