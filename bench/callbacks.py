@@ -3,7 +3,8 @@ others hang or fail (issue 14).
 
     python -m bench.callbacks [--runs 3] [--parts throughput,isolation] [--callbacks 30000]
                               [--events-per-message 3] [--host-concurrency 256]
-                              [--account-concurrency 1024] [--rate 200] [--seconds 30]
+                              [--account-concurrency 1024] [--host-rate 100000]
+                              [--rate 200] [--seconds 30]
                               [--json PATH]
 
 Why: the callbacks stage is where customers' endpoints meet the pipeline. What it costs per
@@ -17,10 +18,11 @@ reference ``standardwebhooks`` library):
 1. **Throughput.** ``--callbacks`` DeliveryStatus records (``--events-per-message`` per
    message, sequences 1, 2, …, as the status stage writes them) preloaded into
    ``delivery-status``, headed ``telex.callback.url`` → one healthy endpoint (204 at once). The
-   worker (caps raised to ``--host-concurrency``/``--account-concurrency``, so they do not
-   throttle) drains them. Rate = distinct callbacks between the first and the last arrival /
-   that interval (start-up excluded); CPU µs per callback of the worker, the endpoint process
-   and the broker, from /proc, between the first arrival the driver sees and the last.
+   worker (caps raised to ``--host-concurrency``/``--account-concurrency`` and the host rate to
+   ``--host-rate``, so they do not throttle) drains them. Rate = distinct callbacks between
+   the first and the last arrival / that interval (start-up excluded); CPU µs per callback
+   of the worker, the endpoint process and the broker, from /proc, between the first arrival
+   the driver sees and the last.
    **Baseline** in the same run, to the same endpoint process: as many callbacks POSTed from
    the driver the way an attempt does (the stage's body, signing and ``CallbackSender``, at
    most ``--host-concurrency`` at once): the HTTP side alone, without Kafka, the store and the
@@ -203,7 +205,7 @@ async def _sender_alone(settings: Settings, url: str, n: int, concurrency: int) 
             except DeliveryError:
                 failed += 1
 
-    async with CallbackSender() as sender:
+    async with CallbackSender(connections_per_origin=concurrency) as sender:
         await asyncio.gather(*(one(e) for e in events))
     return failed
 
@@ -227,7 +229,8 @@ def throughput(bootstrap: str, run: Path, broker_pid: int | None,
     messages = args.callbacks // per
     total = messages * per
     settings = _settings(bootstrap, run, callback_host_concurrency=args.host_concurrency,
-                         callback_account_concurrency=args.account_concurrency)
+                         callback_account_concurrency=args.account_concurrency,
+                         callback_host_rate=args.host_rate)
     now_ms = int(time.time() * 1000)
     with endpoints(run, settings, ["ok"]) as ep:
         records = [(f"m{m:07d}", event(f"m{m:07d}", s, "acct-1", now_ms))
@@ -373,7 +376,8 @@ def _print_throughput(results: list[dict[str, Any]], args: argparse.Namespace) -
     per = args.events_per_message
     print(f"  throughput: {args.callbacks // per * per:,} callbacks ({args.callbacks // per:,} "
           f"messages x {per}) preloaded, one worker, one endpoint, caps "
-          f"{args.host_concurrency}/host {args.account_concurrency}/account")
+          f"{args.host_concurrency}/host {args.account_concurrency}/account, "
+          f"{args.host_rate:,.0f}/s per host")
     got = [r["throughput"] for r in results]
     for metric in got[0]:
         fmt = ",.0f" if metric.endswith("callbacks_per_s") else ".1f"
@@ -401,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--callbacks", type=int, default=30_000, help="backlog of part 1")
     ap.add_argument("--events-per-message", type=int, default=3, choices=range(1, 5))
     ap.add_argument("--host-concurrency", type=int, default=256, help="part 1's host cap")
+    ap.add_argument("--host-rate", type=float, default=100_000.0,
+                    help="part 1's host rate (callbacks/s): above what one worker reaches")
     ap.add_argument("--account-concurrency", type=int, default=1024,
                     help="part 1's account cap")
     ap.add_argument("--rate", type=float, default=200, help="part 2: events/s per endpoint")

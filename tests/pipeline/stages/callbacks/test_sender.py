@@ -13,12 +13,11 @@ import functools
 import ipaddress
 import socket
 import ssl
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpcore
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -27,6 +26,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from pipeline.stages.callbacks.sender import (
     BODY_CAP,
+    READ_BUFFER,
     CallbackSender,
     DeliveryError,
     Response,
@@ -38,7 +38,7 @@ from tests.fixtures.waiting import until
 
 HOST = "hooks.customer.test"
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
-READ_SLACK = 64 * 1024 + 4096  # one network read past the cap, and the response head
+READ_SLACK = 256 * 1024 + 2 * READ_BUFFER  # one asyncio read (256 KiB) and the paused buffer
 
 
 def run(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
@@ -63,56 +63,36 @@ class StubResolver:
         return self._answers[min(len(self.calls), len(self._answers)) - 1]
 
 
-class SpyBackend(httpcore.AsyncNetworkBackend):
-    """The real network backend, recording every connect_tcp and counting bytes read."""
+class SpySockets:
+    """Opens the sender's sockets (its ``socket_factory``), recording every address connected
+    to and counting the bytes read from them."""
 
     def __init__(self) -> None:
-        self._inner = httpcore.AnyIOBackend()
         self.connects: list[tuple[str, int]] = []
         self.bytes_read = 0
 
-    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
-                          local_address: str | None = None,
-                          socket_options: Iterable[Any] | None = None,
-                          ) -> httpcore.AsyncNetworkStream:
-        self.connects.append((host, port))
-        stream = await self._inner.connect_tcp(host, port, timeout=timeout,
-                                               local_address=local_address,
-                                               socket_options=socket_options)
-        return SpyStream(stream, self)
-
-    async def connect_unix_socket(self, path: str, timeout: float | None = None,
-                                  socket_options: Iterable[Any] | None = None,
-                                  ) -> httpcore.AsyncNetworkStream:
-        raise AssertionError("no unix sockets expected")
-
-    async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
+    def __call__(self, addr_info: tuple[Any, ...]) -> socket.socket:
+        family, kind, proto, _, sockaddr = addr_info
+        self.connects.append((sockaddr[0], sockaddr[1]))
+        return CountingSocket(family, kind, proto, spy=self)
 
 
-class SpyStream(httpcore.AsyncNetworkStream):
-    def __init__(self, inner: httpcore.AsyncNetworkStream, spy: SpyBackend) -> None:
-        self._inner = inner
+class CountingSocket(socket.socket):
+    """A socket that adds what it reads to its spy's count (asyncio's transports call recv)."""
+
+    def __init__(self, family: int, kind: int, proto: int, *, spy: SpySockets) -> None:
+        super().__init__(family, kind, proto)
         self._spy = spy
 
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        data = await self._inner.read(max_bytes, timeout)
+    def recv(self, size: int, flags: int = 0) -> bytes:
+        data = super().recv(size, flags)
         self._spy.bytes_read += len(data)
         return data
 
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        await self._inner.write(buffer, timeout)
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-    async def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
-                        timeout: float | None = None) -> httpcore.AsyncNetworkStream:
-        inner = await self._inner.start_tls(ssl_context, server_hostname, timeout)
-        return SpyStream(inner, self._spy)
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._inner.get_extra_info(info)
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        read = super().recv_into(buffer, nbytes, flags)
+        self._spy.bytes_read += read
+        return read
 
 
 @dataclass
@@ -283,8 +263,8 @@ async def test_post_reaches_the_checked_address_with_the_name_as_host() -> None:
 @run
 async def test_connection_is_kept_alive_between_posts() -> None:
     """Two POSTs to one target share one TCP connection."""
-    spy = SpyBackend()
-    async with Server() as server, CallbackSender(network_backend=spy) as sender:
+    spy = SpySockets()
+    async with Server() as server, CallbackSender(socket_factory=spy) as sender:
         for _ in range(2):
             await deliver(f"http://{HOST}:{server.port}/cb", StubResolver(["127.0.0.1"]), sender)
     assert (server.accepted, len(server.requests)) == (1, 2)
@@ -309,11 +289,11 @@ async def test_caller_cannot_override_the_host_header() -> None:
 async def test_a_name_resolving_to_an_internal_address_gets_no_connection(address: str) -> None:
     """Without an allow-list the URL is refused before any connect; the loopback listener on
     the URL's port never sees a connection."""
-    spy = SpyBackend()
+    spy = SpySockets()
     with socket.create_server(("127.0.0.1", 0)) as listener:
         listener.setblocking(False)
         port = listener.getsockname()[1]
-        async with CallbackSender(network_backend=spy) as sender:
+        async with CallbackSender(socket_factory=spy) as sender:
             with pytest.raises(RefusedURL) as info:
                 await deliver(f"https://{HOST}:{port}/cb", StubResolver([address]), sender,
                               allowed=())
@@ -326,8 +306,8 @@ async def test_a_name_resolving_to_an_internal_address_gets_no_connection(addres
 @run
 async def test_one_private_answer_among_public_ones_refuses_the_url() -> None:
     """A name answering a public and a private address is refused as a whole."""
-    spy = SpyBackend()
-    async with CallbackSender(network_backend=spy) as sender:
+    spy = SpySockets()
+    async with CallbackSender(socket_factory=spy) as sender:
         with pytest.raises(RefusedURL, match=r"resolves to 10\.0\.0\.1"):
             await deliver(f"https://{HOST}/cb", StubResolver(["93.184.215.14", "10.0.0.1"]),
                           sender, allowed=())
@@ -353,9 +333,9 @@ async def test_dns_rebinding_cannot_move_the_connection() -> None:
     """The resolver answers 127.0.0.1, then 10.0.0.1: both POSTs of the target (each on a new
     connection) still go to 127.0.0.1, and the resolver was asked once."""
     resolver = StubResolver(["127.0.0.1"], ["10.0.0.1"])
-    spy = SpyBackend()
+    spy = SpySockets()
     async with Server(respond=close_after) as server, \
-            CallbackSender(network_backend=spy) as sender:
+            CallbackSender(socket_factory=spy) as sender:
         url = f"http://{HOST}:{server.port}/cb"
         target = await resolve_target(url, resolver=resolver, allow_http=True, allowed=LOOPBACK)
         statuses = [(await sender.post(target, b"{}", {}, 5.0)).status for _ in range(2)]
@@ -369,8 +349,8 @@ async def test_dns_rebinding_cannot_move_the_connection() -> None:
 @run
 async def test_next_checked_address_is_tried_when_one_refuses() -> None:
     """127.0.0.2 refuses the connection (nothing listens there), so 127.0.0.1 is used next."""
-    spy = SpyBackend()
-    async with Server() as server, CallbackSender(network_backend=spy) as sender:
+    spy = SpySockets()
+    async with Server() as server, CallbackSender(socket_factory=spy) as sender:
         response = await deliver(f"http://{HOST}:{server.port}/cb",
                                  StubResolver(["127.0.0.2", "127.0.0.1"]), sender)
     assert response.status == 200
@@ -378,16 +358,17 @@ async def test_next_checked_address_is_tried_when_one_refuses() -> None:
 
 
 @run
-async def test_pinned_backend_refuses_every_other_origin() -> None:
-    """The network backend of a pool connects only its own (host, port), to its address."""
-    from pipeline.stages.callbacks.sender import _PinnedBackend
+async def test_pinned_resolver_refuses_every_other_origin() -> None:
+    """A pool's resolver answers only its own (host, port), with its checked addresses; any
+    other name is an error, never a lookup."""
+    from pipeline.stages.callbacks.sender import _PinnedResolver
 
-    spy = SpyBackend()
-    backend = _PinnedBackend(spy, HOST, 443, "127.0.0.1")
+    resolver = _PinnedResolver(HOST, 443, ("127.0.0.1", "::1"))
+    assert [(r["host"], r["port"]) for r in await resolver.resolve(HOST, 443)] == [
+        ("127.0.0.1", 443), ("::1", 443)]
     for host, port in [("metadata.internal", 443), ("127.0.0.1", 443), (HOST, 8443)]:
-        with pytest.raises(httpcore.ConnectError, match="not the pinned origin"):
-            await backend.connect_tcp(host, port)
-    assert spy.connects == []
+        with pytest.raises(OSError, match="not the pinned origin"):
+            await resolver.resolve(host, port)
 
 
 # --- TLS ----------------------------------------------------------------------------------------
@@ -398,10 +379,10 @@ async def test_tls_uses_the_name_for_sni_and_certificate(tmp_path: Path) -> None
     the name while the TCP connection goes to the pinned address."""
     cert_file, key_file, pem = make_cert(HOST, tmp_path)
     tls, sni = server_tls(cert_file, key_file)
-    spy = SpyBackend()
+    spy = SpySockets()
     trust = ssl.create_default_context(cadata=pem)
     async with Server(tls=tls) as server, \
-            CallbackSender(verify=trust, network_backend=spy) as sender:
+            CallbackSender(verify=trust, socket_factory=spy) as sender:
         response = await deliver(f"https://{HOST}:{server.port}/cb",
                                  StubResolver(["127.0.0.1"]), sender)
     assert response.status == 200
@@ -431,10 +412,10 @@ async def test_certificate_for_another_name_is_a_tls_error(tmp_path: Path) -> No
 async def test_redirect_is_returned_not_followed() -> None:
     """A 302 to the metadata endpoint comes back as status 302 with its Location; nothing else
     is requested or connected."""
-    spy = SpyBackend()
+    spy = SpySockets()
     location = "http://169.254.169.254/latest/meta-data/"
     async with Server(respond=answer("302 Found", Location=location)) as server, \
-            CallbackSender(network_backend=spy) as sender:
+            CallbackSender(socket_factory=spy) as sender:
         response = await deliver(f"http://{HOST}:{server.port}/cb", StubResolver(["127.0.0.1"]),
                                  sender)
     assert (response.status, response.headers) == (302, {"location": location})
@@ -481,9 +462,9 @@ async def test_refused_connection_is_a_connect_error() -> None:
 async def test_body_beyond_the_cap_is_not_read() -> None:
     """A 32 MiB answer: post returns the status after reading at most the cap (plus one read)
     and closes the connection, which the server sees before it could send it all."""
-    spy = SpyBackend()
+    spy = SpySockets()
     async with Server(respond=huge_body) as server, \
-            CallbackSender(network_backend=spy) as sender:
+            CallbackSender(socket_factory=spy) as sender:
         response = await deliver(f"http://{HOST}:{server.port}/cb", StubResolver(["127.0.0.1"]),
                                  sender)
         assert response.status == 200
