@@ -90,11 +90,16 @@ QUEUE_MAX = 32
 #: attempt is still in flight here it only moves on; firing in a worker that never launched it
 #: (restarted, or the partition's new owner) it sends the callback again, with the same id.
 WATCHDOG_MS = 2_000
-#: callbacks waiting in memory for their host (bounded: beyond, they rely on their timer).
+#: callbacks waiting in memory for their hosts, all hosts together (bounded: beyond, they rely
+#: on their timers).
 WAITING_MAX = 100_000
-#: a waiting callback's timer: the safety net when a restart has forgotten the waiting lists
-#: (uniform in [1, 2] x this, so a restarted worker does not retry every one at once).
+#: a waiting callback's timer is the safety net of a restart (which forgets the waiting lists)
+#: and of the callbacks beyond WAITING_MAX: due in 3 x how long it has waited, at least this and
+#: at most WAIT_SAFETY_MAX_MS, plus up to half again (so a restarted worker does not retry them
+#: all at once). Growing with the wait keeps a dead endpoint's backlog cheap: 400 callbacks/s
+#: piling up for an hour cost ~600 timer firings/s, not one per callback every 30-60 s (14,000/s).
 WAIT_SAFETY_MS = 30_000
+WAIT_SAFETY_MAX_MS = 3_600_000
 #: while attempts are in flight, the runner's poll waits at most this long for their answers.
 ANSWER_POLL_MS = 5
 
@@ -173,6 +178,7 @@ class CallbacksStage(KeyedStage):
         # Callbacks waiting for their host to have room, oldest first, and when to look again
         # at each host's list (now: an attempt to it ended; later: breaker or rate).
         self._waiting: dict[str, collections.OrderedDict[tuple[int, str], None]] = {}
+        self._waiting_count = 0
         self._kick: dict[str, float] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -273,15 +279,19 @@ class CallbacksStage(KeyedStage):
         if not admission.go:
             # Waits in memory behind its host, woken when the host has room (an attempt to it
             # ends, its breaker's cooldown or its rate's next slot passes): no polling, so
-            # thousands waiting for a dead endpoint cost nothing per second. The timer is
-            # the safety net of a restart, which forgets the waiting lists.
-            waiting = self._waiting.setdefault(host, collections.OrderedDict())
-            if len(waiting) < WAITING_MAX:
-                waiting[(partition, key)] = None
+            # thousands waiting for a dead endpoint cost nothing per second.
+            self._wait(host, (partition, key))
             if admission.reason != "host at its cap":  # a cap is freed by a finish: see _apply
                 self._kick[host] = min(self._kick.get(host, math.inf), admission.wait_until_ms)
-            state.set_timer(now_ms + WAIT_SAFETY_MS + self._rng.randint(0, WAIT_SAFETY_MS))
+            since = state.get("waiting_since")
+            if since is None:
+                since = now_ms
+                state.set("waiting_since", since)
+            nap = min(WAIT_SAFETY_MAX_MS, max(WAIT_SAFETY_MS, 3 * (now_ms - since)))
+            state.set_timer(now_ms + nap + self._rng.randint(0, nap // 2))
             return []
+        if state.get("waiting_since") is not None:
+            state.delete("waiting_since")
         attempt = int(state.get("attempt") or 0) + 1
         state.set("attempt", attempt)
         state.set_timer(now_ms + WATCHDOG_MS)
@@ -381,6 +391,7 @@ class CallbacksStage(KeyedStage):
         outs: list[Out] = []
         while waiting:
             (partition, key), _ = waiting.popitem(last=False)
+            self._waiting_count -= 1
             store = stores.get((self._topic, partition))
             if store is None:
                 continue
@@ -393,6 +404,15 @@ class CallbacksStage(KeyedStage):
         if not waiting:
             self._waiting.pop(host, None)
         return outs
+
+    def _wait(self, host: str, held: tuple[int, str]) -> None:
+        """Put a callback on its host's waiting list, if it is not there and there is room."""
+        waiting = self._waiting.setdefault(host, collections.OrderedDict())
+        if held not in waiting and self._waiting_count < WAITING_MAX:
+            waiting[held] = None
+            self._waiting_count += 1
+        elif not waiting:
+            del self._waiting[host]
 
     def _apply(self, answer: _Answer, stores: Mapping[tuple[str, int], Store],
                now_ms: int) -> list[Out]:
@@ -471,6 +491,7 @@ class CallbacksStage(KeyedStage):
         for waiting in self._waiting.values():
             for held in [k for k in waiting if k[0] in gone]:
                 del waiting[held]
+                self._waiting_count -= 1
 
     def health(self, now_ms: int) -> dict[str, int]:
         """Hosts by breaker state (also exported as a gauge)."""

@@ -196,3 +196,25 @@ def test_callbacks_waiting_for_a_full_host_go_as_slots_free_without_polling(
     h.answers(3)
     assert sorted(h.sender.sent) == [("msg_m0_1", 1), ("msg_m1_1", 1), ("msg_m2_1", 1)]
     h.close()
+
+
+def test_a_long_wait_makes_the_safety_timer_rarer(settings: Settings) -> None:
+    """A callback waiting behind a dead endpoint is rechecked in proportion to how long it has
+    waited (3x, capped at an hour), not every 30-60 s: a big backlog stays cheap. Once sent,
+    the wait is forgotten."""
+    h = Harness(settings.model_copy(update={"callback_host_concurrency": 1}), FakeSender())
+    h.feed(_event(settings, 1, "accepted", mid="m0"), _event(settings, 1, "accepted", mid="m1"))
+    waiting = KeyState(h.store, "m1", NOW)
+    assert NOW + 30_000 <= waiting.timer <= NOW + 45_000
+    assert waiting.get("waiting_since") == NOW
+    later = NOW + 600_000  # ten minutes on, its safety timer fires: the host is still full
+    h.fire(later)
+    waiting = KeyState(h.store, "m1", later)
+    assert later + 1_800_000 <= waiting.timer <= later + 2_700_000
+    much_later = NOW + 86_400_000
+    h.fire(much_later)
+    assert much_later + 3_600_000 <= KeyState(h.store, "m1", much_later).timer \
+        <= much_later + 5_400_000
+    h.answers(2, now=much_later)  # m0's answer frees the slot; m1 goes
+    assert KeyState(h.store, "m1", much_later).get("waiting_since") is None
+    h.close()
