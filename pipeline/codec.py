@@ -77,6 +77,7 @@ class SchemaName(StrEnum):
     REQUEST_REJECTED = "request_rejected"
     STATUS_UPDATE = "status_update"
     CALLBACK_ATTEMPT = "callback_attempt"
+    CALLBACK_ENDPOINT = "callback_endpoint"
 
 
 def _load_raw(directory: Path) -> dict[str, Schema]:

@@ -135,6 +135,9 @@ def catalogue(settings: Settings) -> list[TopicSpec]:
         spec("callback-attempts", STREAM, _stream(30),
              "CallbackAttempt: each status callback POSTed to a customer, its answer and "
              "verdict; key = message id"),
+        spec("callback-endpoints", COMPACTED, _compacted(),
+             "CallbackEndpoint: customer endpoint hosts disabled by the callbacks stage or "
+             "enabled again by an operator, latest per host; key = host"),
         spec("dlq-parked", STREAM, _stream(30),
              "DeadLetterEnvelope of records that failed again after a replay"),
     ]

@@ -1,7 +1,9 @@
 """``telex lag`` and ``telex health``: what an SRE on call looks at first.
 
 Exit codes as every SRE command (:mod:`pipeline.cli.exits`): 0 healthy; 1 unhealthy (a stage
-has nobody consuming, or dead letters are waiting); 3 the broker cannot be reached.
+has nobody consuming, or dead letters are waiting); 3 the broker cannot be reached. Customer
+callback endpoints the callbacks stage has disabled are listed but leave Telex healthy: the
+fault is the customer's, and its callbacks wait in ``dlq-callbacks``, which does count.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 from pipeline.cli.exits import OK, PROBLEMS, broker_errors
 from pipeline.ops.health import consumer_lag, dead_letters, stage_members
 from pipeline.settings import get_settings
+from pipeline.stages.callbacks.endpoints import disabled_hosts
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -46,8 +49,11 @@ def _health(args: argparse.Namespace) -> int:
     members = stage_members(settings, args.timeout)
     dlq = dead_letters(settings, args.timeout)
     healthy = all(members.values()) and not any(dlq.values())
+    disabled = disabled_hosts(settings, args.timeout)
     report = {"broker": settings.kafka_bootstrap_servers, "reachable": True,
-              "stages": members, "dead_letters": dlq, "healthy": healthy}
+              "stages": members, "dead_letters": dlq,
+              "callback_endpoints_disabled": {h: s.reason for h, s in disabled.items()},
+              "healthy": healthy}
     if args.json:
         print(json.dumps(report))
     else:
@@ -57,5 +63,7 @@ def _health(args: argparse.Namespace) -> int:
                   f"({n} member{'s' if n != 1 else ''})")
         for topic, n in dlq.items():
             print(f"  {topic:16} {n:6} dead letter{'s' if n != 1 else ''}")
+        for host, state in sorted(disabled.items()):
+            print(f"  callback endpoint {host} disabled: {state.reason}")
         print("healthy" if healthy else "UNHEALTHY")
     return OK if healthy else PROBLEMS

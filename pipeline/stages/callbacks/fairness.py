@@ -140,6 +140,17 @@ class Gates:
         if was_probe or health.failures >= self._failures:
             health.open_until_ms = now_ms + health.cooldown_ms
 
+    def disable(self, host: str, reason: str) -> None:
+        """Disable ``host`` (another worker, or this one before a restart, saw it fail)."""
+        self.hosts.setdefault(host, HostHealth()).disabled = reason
+
+    def enable(self, host: str) -> None:
+        """Enable ``host`` again (an operator did): a fresh start, breaker closed; attempts
+        still in flight keep their slots."""
+        old = self.hosts.get(host)
+        if old is not None:
+            self.hosts[host] = HostHealth(in_flight=old.in_flight)
+
     def state(self, host: str, now_ms: int) -> str:
         """closed | open | half_open | disabled, for metrics and logs."""
         health = self.hosts.get(host)

@@ -23,6 +23,8 @@ shares across workers, breakers, disabled hosts) is :mod:`~pipeline.stages.callb
 Outputs:
 - ``callback-attempts``: one CallbackAttempt per attempt answered (answer, verdict, when the
   next is due): what ``telex trace`` shows;
+- ``callback-endpoints`` (compacted, key = host): a host this worker has just disabled, for
+  every other worker and ``telex health`` (:mod:`~pipeline.stages.callbacks.endpoints`);
 - ``dlq-callbacks``: the event's original record with provenance and the last verdict, for a
   callback given up (attempts exhausted, refused by the endpoint or by the SSRF guard, host
   disabled); ``telex dlq replay`` re-publishes it and this stage sends it again (a replayed
@@ -64,7 +66,7 @@ from pipeline.runtime.deadletter import Provenance, counted, dead_letter_headers
 from pipeline.runtime.stage import Input, KeyedStage, Out, Record, Runtime, StoreSpec
 from pipeline.runtime.store import KeyState, Store
 from pipeline.settings import Settings
-from pipeline.stages.callbacks import policy
+from pipeline.stages.callbacks import endpoints, policy
 from pipeline.stages.callbacks.body import callback_body
 from pipeline.stages.callbacks.fairness import Gates
 from pipeline.stages.callbacks.sender import (
@@ -102,6 +104,8 @@ WAIT_SAFETY_MS = 30_000
 WAIT_SAFETY_MAX_MS = 3_600_000
 #: while attempts are in flight, the runner's poll waits at most this long for their answers.
 ANSWER_POLL_MS = 5
+#: how long a starting worker waits to have read every disabled host (callback-endpoints).
+ENDPOINTS_CATCH_UP_S = 30.0
 
 log = structlog.get_logger("telex.callbacks")
 
@@ -148,7 +152,10 @@ class CallbacksStage(KeyedStage):
 
     def __init__(self, settings: Settings, secrets: SecretBook, *,
                  resolver: Resolver | None = None, sender: CallbackSender | None = None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 follower: endpoints.EndpointFollower | None = None) -> None:
+        """``follower``: reads ``callback-endpoints`` (:func:`build` gives one; without it the
+        worker neither learns nor forgets other workers' disabled hosts: unit tests)."""
         self._settings = settings
         self._secrets = secrets
         self._codec = AvroCodec.from_settings(settings)
@@ -182,12 +189,17 @@ class CallbacksStage(KeyedStage):
         self._kick: dict[str, float] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._endpoints = follower
         self._outcomes = {o: RECORDS.labels(STAGE, o) for o in (
             "queued", "no_callback", "not_moved", "replayed_input", "delivered", "given_up")}
 
     # -- lifecycle --
 
     def open(self, runtime: Runtime) -> None:
+        if self._endpoints is not None:
+            self._endpoints.start()
+            if not self._endpoints.wait_caught_up(ENDPOINTS_CATCH_UP_S):
+                log.warning("callback_endpoints_not_caught_up", waited_s=ENDPOINTS_CATCH_UP_S)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="callbacks-http",
                                         daemon=True)
@@ -198,6 +210,8 @@ class CallbacksStage(KeyedStage):
                 connections_per_origin=self._settings.callback_host_concurrency)
 
     def close(self) -> None:
+        if self._endpoints is not None:
+            self._endpoints.close()
         loop, thread = self._loop, self._thread
         if loop is None or thread is None:
             return
@@ -214,7 +228,13 @@ class CallbacksStage(KeyedStage):
     def process(self, records: Sequence[Record], stores: Mapping[tuple[str, int], Store],
                 now_ms: int) -> list[Out]:
         self._owned(stores)
+        self._follow_endpoints()
         return super().process(records, stores, now_ms)
+
+    def _follow_endpoints(self) -> None:
+        if self._endpoints is not None:
+            for change in self._endpoints.changes():
+                self._learn(change)
 
     def _owned(self, stores: Mapping[tuple[str, int], Store]) -> None:
         """This worker's share of the caps: the fraction of the input's partitions it owns
@@ -362,7 +382,7 @@ class CallbacksStage(KeyedStage):
     # -- answers (runner's thread) --
 
     def next_wake_ms(self) -> float | None:
-        if self._answers:
+        if self._answers or (self._endpoints is not None and self._endpoints.pending()):
             return 0.0
         due = min(self._kick.values(), default=math.inf)
         if self._in_flight:
@@ -371,6 +391,7 @@ class CallbacksStage(KeyedStage):
 
     def wake(self, now_ms: int, stores: Mapping[tuple[str, int], Store]) -> list[Out]:
         self._owned(stores)
+        self._follow_endpoints()
         outs: list[Out] = []
         while self._answers:
             outs += self._apply(self._answers.popleft(), stores, now_ms)
@@ -422,10 +443,14 @@ class CallbacksStage(KeyedStage):
         health = {policy.DELIVERED: "ok", policy.DISABLE: "gone"}.get(verdict.kind)
         if health is None:
             health = "ok" if answer.answer in ("3xx", "4xx") else "failed"
+        was_disabled = self._gates.state(job.host, now_ms) == "disabled"
         if answer.answer not in ("refused", "unsigned"):
             self._gates.finish(job.host, job.account, health, now_ms)
         else:
             self._gates.finish(job.host, job.account, "ok", now_ms)  # nothing was sent
+        outs: list[Out] = []
+        if not was_disabled and self._gates.state(job.host, now_ms) == "disabled":
+            outs.append(self._disabled(job.host, now_ms))
         if self._waiting.get(job.host):
             self._kick[job.host] = now_ms  # a slot is free: the next waiting one may go
         CALLBACK_ATTEMPTS.labels(answer.answer, verdict.kind).inc()
@@ -434,11 +459,11 @@ class CallbacksStage(KeyedStage):
                  reason=verdict.reason, wait_s=round(verdict.wait_s, 1))
         store = stores.get((self._topic, job.partition))
         if store is None:
-            return []  # the partition moved: its new owner's watchdog sends it again
+            return outs  # the partition moved: its new owner's watchdog sends it again
         state = KeyState(store, job.key, now_ms)
         queue = state.get("queue") or []
         if not queue or queue[0][0] != job.seq or state.get("attempt") != job.attempt:
-            return []  # an older attempt's late answer
+            return outs  # an older attempt's late answer
         due = now_ms + int(verdict.wait_s * 1000) if verdict.kind == policy.RETRY else None
         record = Out(ATTEMPTS, job.key, self._codec.encode("callback_attempt", {
             "message_id": job.key, "account_id": job.account, "sequence": job.seq,
@@ -450,13 +475,36 @@ class CallbacksStage(KeyedStage):
             "next_attempt_at_ms": due}))
         if verdict.kind == policy.DELIVERED:
             self._outcomes["delivered"].inc()
-            return [record, *self._next(job.partition, job.key, state, now_ms)]
+            return [*outs, record, *self._next(job.partition, job.key, state, now_ms)]
         if due is not None:
             state.set_timer(due)
-            return [record]
+            return [*outs, record]
         kind = "disabled" if verdict.kind == policy.DISABLE else answer.answer
-        return [record, *self._give_up(job.partition, job.key, state, now_ms, kind,
-                                       verdict.reason)]
+        return [*outs, record, *self._give_up(job.partition, job.key, state, now_ms, kind,
+                                              verdict.reason)]
+
+    def _disabled(self, host: str, now_ms: int) -> Out:
+        """This worker just disabled ``host``: tell every worker (and telex health)."""
+        health = self._gates.hosts[host]
+        reason = health.disabled or "disabled"
+        log.warning("callback_endpoint_disabled", host=host, reason=reason)
+        return Out(endpoints.TOPIC, host, endpoints.encode(self._codec, endpoints.EndpointState(
+            host, endpoints.DISABLED, reason, now_ms, "callbacks")))
+
+    def _learn(self, change: endpoints.EndpointState) -> None:
+        """A record of ``callback-endpoints``: another worker disabled a host, or an operator
+        enabled one (this worker's own records come back too and change nothing)."""
+        if change.state == endpoints.DISABLED:
+            if self._gates.hosts.get(change.host) is None or \
+                    self._gates.hosts[change.host].disabled is None:
+                self._gates.disable(change.host, change.reason)
+                self._kick[change.host] = 0  # those waiting for it are given up now
+                log.info("callback_endpoint_learnt", host=change.host, state=change.state,
+                         by=change.changed_by)
+        elif change.state == endpoints.ENABLED:
+            self._gates.enable(change.host)
+            log.info("callback_endpoint_learnt", host=change.host, state=change.state,
+                     by=change.changed_by)
 
     def _next(self, partition: int, key: str, state: KeyState, now_ms: int) -> list[Out]:
         """The head is done: the next event of the message goes, or the entry rests."""
@@ -505,5 +553,7 @@ def build(settings: Settings) -> CallbacksStage:
     """The registry's entry point (``telex worker callbacks``)."""
     if not settings.callback_secrets_file:
         raise ConfigError("the callbacks stage needs TELEX_CALLBACK_SECRETS_FILE")
-    return CallbacksStage(settings, SecretBook.from_file(settings.callback_secrets_file))
+    return CallbacksStage(settings, SecretBook.from_file(settings.callback_secrets_file),
+                          follower=endpoints.EndpointFollower(
+                              settings, AvroCodec.from_settings(settings)))
 

@@ -258,3 +258,48 @@ def test_messages_through_the_simulators_call_their_customer_back(
         assert got == moved
         assert {s[-1] for s in got.values()} <= {"delivered", "undelivered"}
         assert {s[0] for s in got.values()} == {"accepted"}
+
+
+def test_a_gone_endpoint_stays_disabled_across_restarts_until_an_operator_enables_it(
+        topics: Settings, tmp_path: Path, worker: Callable[[str, Settings], Worker]) -> None:
+    """410 Gone disables the host: its callbacks are dead-lettered unsent, `telex health` lists
+    it, and a restarted worker knows before it sends anything (callback-endpoints). After
+    `telex callbacks enable` callbacks go again."""
+    from tests.pipeline.test_ops_cli import telex
+
+    settings = _callback_settings(topics, tmp_path)
+    gone = threading.Event()
+    gone.set()
+    with callback_receiver(SECRET, "127.0.0.2",
+                           lambda _w, _a: 410 if gone.is_set() else 200) as endpoint:
+        produce(settings, "status-updates", _lifecycle("first", endpoint.url()))
+        worker("status", settings)
+        first = worker("callbacks", settings)
+        read_all(settings, "dlq-callbacks", until=lambda r: len(r) >= 3, timeout=90)
+        assert len(endpoint.all()) == 1  # one 410; the next two events were never sent
+        health = telex(settings, "health", "--json")
+        assert json.loads(health.stdout)["callback_endpoints_disabled"] == {
+            "127.0.0.2": "the endpoint answered 410 Gone"}, health.stderr
+
+        first.stop()
+        second = worker("callbacks", settings)
+        produce(settings, "status-updates", _lifecycle("second", endpoint.url()))
+        read_all(settings, "dlq-callbacks", until=lambda r: len(r) >= 6, timeout=90)
+        assert len(endpoint.all()) == 1  # the restarted worker knew the host was disabled
+
+        gone.clear()
+        enabled = telex(settings, "callbacks", "enable", "127.0.0.2")
+        assert enabled.returncode == 0, enabled.stdout + enabled.stderr
+
+        def learnt() -> bool:  # the worker logs each record of callback-endpoints it applies
+            second.assert_alive()
+            return any('"callback_endpoint_learnt"' in line and '"enabled"' in line
+                       for line in second.log_path.read_text().splitlines())
+
+        until_sync(learnt, 30, "the worker learning that the host is enabled", interval_s=0.1)
+        produce(settings, "status-updates", _lifecycle("third", endpoint.url()))
+        until_sync(lambda: len(endpoint.delivered()) == 3, 90, "third's 3 callbacks",
+                   interval_s=0.1)
+        assert _by_message(endpoint.delivered()) == {"third": [1, 2, 3]}
+        listed = telex(settings, "callbacks", "list", "--json")
+        assert (listed.returncode, json.loads(listed.stdout)) == (0, [])
