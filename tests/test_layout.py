@@ -67,6 +67,7 @@ def test_stages_never_import_each_other():
 PUBLIC = ("pipeline", "pipeline.sdk", "pipeline.settings", "pipeline.errors", "pipeline.codec",
           "pipeline.records", "pipeline.headers", "pipeline.topics", "pipeline.observability",
           "pipeline.segments", "pipeline.senders", "pipeline.producing", "pipeline.broker_retry",
+          "pipeline.gcra", "pipeline.breaker",
           "pipeline.runtime.stage", "pipeline.runtime.store", "pipeline.runtime.runner",
           "pipeline.runtime.registry", "connectors.base")
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from pipeline.stages.ratelimit.gcra import Limit, reserve
+from pipeline.gcra import Limit, reserve
 
 __all__ = ["Pacer", "Pacers"]
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from pipeline.gcra import Limit
 from pipeline.headers import H_DUE, H_PACE, H_TARGET
 from pipeline.metrics import RECORDS
 from pipeline.runtime.delay import (
@@ -44,7 +45,6 @@ from pipeline.runtime.pacing import Pacers
 from pipeline.runtime.stage import Input, Out, Record, Runtime, Stage
 from pipeline.runtime.store import Store
 from pipeline.settings import Settings
-from pipeline.stages.ratelimit.gcra import Limit
 
 __all__ = ["HOLD_MS", "LOOKAHEAD_MS", "MAX_BUFFERED", "STAGE", "Scheduler", "build"]
 

@@ -1,16 +1,13 @@
-"""Route table, circuit breakers and failover."""
+"""Route table and failover across connectors' breakers (the breaker itself: test_breaker)."""
 
 import json
 
 import pytest
 
 from connectors.base import ErrorKind
+from pipeline.breaker import CircuitBreaker
 from pipeline.errors import ConfigError, TelexError
 from pipeline.stages.dispatch.routing import (
-    CLOSED,
-    HALF_OPEN,
-    OPEN,
-    CircuitBreaker,
     NoRouteError,
     Route,
     RouteTable,
@@ -116,111 +113,6 @@ def test_health_failures_are_connector_kinds_only():
         assert not counts_against_health(kind)
 
 
-def test_breaker_opens_after_consecutive_failures():
-    """The threshold-th consecutive failure opens the breaker; before that it stays closed."""
-    breaker = _breaker()
-    breaker.record_failure(0)
-    breaker.record_failure(0)
-    assert breaker.state(0) == CLOSED and breaker.allow(0)
-    breaker.record_failure(0)
-    assert breaker.state(0) == OPEN
-    assert not breaker.allow(999)
-
-
-def test_success_resets_consecutive_failures():
-    """A success between failures starts the count again."""
-    breaker = _breaker()
-    breaker.record_failure(0)
-    breaker.record_failure(0)
-    breaker.record_success(0)
-    breaker.record_failure(0)
-    breaker.record_failure(0)
-    assert breaker.state(0) == CLOSED
-
-
-def test_breaker_half_opens_after_cooldown():
-    """After the cool-down the breaker is half-open and allows a limited number of trials."""
-    breaker = _breaker()
-    _trip(breaker, 0)
-    assert breaker.state(999) == OPEN
-    assert breaker.state(1_000) == HALF_OPEN
-    assert breaker.allow(1_000)
-    assert not breaker.allow(1_001)  # one trial in flight
-
-
-def test_state_does_not_consume_trials():
-    """Asking for the state has no side effect; only allow() reserves a trial."""
-    breaker = _breaker()
-    _trip(breaker, 0)
-    for _ in range(3):
-        assert breaker.state(1_000) == HALF_OPEN
-    assert breaker.allow(1_000)
-
-
-def test_half_open_success_closes():
-    """A successful trial closes the breaker."""
-    breaker = _breaker()
-    _trip(breaker, 0)
-    assert breaker.allow(1_000)
-    breaker.record_success(1_010)
-    assert breaker.state(1_010) == CLOSED
-    assert breaker.allow(1_010) and breaker.allow(1_010)
-
-
-def test_half_open_failure_reopens_with_longer_cooldown():
-    """A failed trial reopens; each reopen doubles the cool-down up to the cap."""
-    breaker = _breaker()
-    _trip(breaker, 0)
-    opened = 0
-    for cooldown in (2_000, 4_000, 4_000):
-        opened += breaker.cooldown_ms
-        assert breaker.allow(opened)
-        breaker.record_failure(opened)
-        assert breaker.cooldown_ms == cooldown
-        assert breaker.state(opened + cooldown - 1) == OPEN
-        assert breaker.state(opened + cooldown) == HALF_OPEN
-
-
-def test_cooldown_resets_after_closing():
-    """Once closed, the next trip starts again from the base cool-down."""
-    breaker = _breaker()
-    _trip(breaker, 0)
-    breaker.allow(1_000)
-    breaker.record_failure(1_000)
-    breaker.allow(3_000)
-    breaker.record_success(3_000)
-    _trip(breaker, 5_000)
-    assert breaker.cooldown_ms == 1_000
-    assert breaker.state(6_000) == HALF_OPEN
-
-
-def test_results_while_open_are_ignored():
-    """Late results of submits started before opening neither close nor extend the breaker."""
-    breaker = _breaker()
-    _trip(breaker, 0)
-    breaker.record_success(500)
-    breaker.record_failure(600)
-    assert breaker.state(999) == OPEN
-    assert breaker.state(1_000) == HALF_OPEN
-
-
-def test_lost_trial_is_released_after_timeout():
-    """A trial that never reports back frees its slot after trial_timeout_ms."""
-    breaker = CircuitBreaker(failure_threshold=1, base_cooldown_ms=1_000, trial_timeout_ms=5_000)
-    breaker.record_failure(0)
-    assert breaker.allow(1_000)
-    assert not breaker.allow(5_999)
-    assert breaker.allow(6_000)
-
-
-def test_invalid_breaker_settings_are_config_errors():
-    """Thresholds below one or a cool-down above its cap are refused."""
-    with pytest.raises(ConfigError):
-        CircuitBreaker(failure_threshold=0)
-    with pytest.raises(ConfigError):
-        CircuitBreaker(base_cooldown_ms=10, max_cooldown_ms=5)
-
-
 def test_choose_prefers_first_healthy_candidate():
     """With every breaker closed the primary is chosen."""
     breakers = {"smsc-a": _breaker(), "smsc-b": _breaker()}
@@ -252,11 +144,3 @@ def test_candidate_without_breaker_counts_as_healthy():
     breakers = {"smsc-a": _breaker()}
     _trip(breakers["smsc-a"], 0)
     assert choose(("smsc-a", "smsc-b"), breakers, 10) == "smsc-b"
-
-
-def test_trip_opens_a_closed_breaker_at_once():
-    """A connector that cannot connect opens its breaker without waiting for N failures."""
-    breaker = CircuitBreaker(failure_threshold=5)
-    breaker.trip(1_000)
-    assert breaker.state(1_000) == OPEN
-    assert not breaker.allow(1_001)

@@ -9,14 +9,17 @@ what bounds the damage is how many of them one host (and one account) may hold a
   sum above 1 and the workers together never exceed the cap. A worker always gets at least one
   slot (a share under one attempt would starve it); with more workers than the cap allows that
   rounds the total up to one per worker, which the README says.
-- **A rate per host** (``rate`` callbacks/s, the same share of it per worker): GCRA, slots
-  ``1 / (rate * share)`` apart with a burst of 0.1 s worth, so a customer's endpoint sees a
-  steady stream after an outage rather than a flood. A restarted worker starts with no
-  credit beyond that burst.
-- **A circuit breaker per host**: ``failures`` consecutive failed attempts (no answer, 408,
-  429, 5xx) open it for a cooldown that doubles on each failed probe (30 s up to 10 min); then
-  one probe goes, and its success closes it. While open, the host's callbacks wait without
-  spending attempts.
+- **A rate per host** (``rate`` callbacks/s, the same share of it per worker): GCRA
+  (:mod:`pipeline.gcra`), slots ``1 / (rate * share)`` apart with a burst of 0.1 s worth, so a
+  customer's endpoint sees a steady stream after an outage rather than a flood. Only an
+  admitted attempt books its slot. A restarted worker starts with no credit beyond that burst.
+- **A circuit breaker per host** (:class:`pipeline.breaker.CircuitBreaker`): ``failures``
+  consecutive failed attempts (no answer, 408, 429, 5xx) open it for a cooldown that doubles
+  on each failed probe (30 s up to 10 min); then one probe goes, and its success closes it.
+  While open, the host's callbacks wait without spending attempts. Late results count
+  (``late_results``): an attempt started before the breaker opened that succeeds closes it,
+  one that fails restarts the cooldown. A probe is never given up by time: the stage reports
+  every admitted attempt to :meth:`Gates.finish`.
 - **Disabled hosts**: a 410, or failing without one success for ``disable_after_ms``. Their
   callbacks are given up (dead-lettered, replayable) instead of waiting for ever.
 
@@ -27,6 +30,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+from pipeline.breaker import CLOSED, CircuitBreaker
+from pipeline.gcra import Limit, reserve
 
 __all__ = ["Admission", "Gates", "HostHealth"]
 
@@ -43,13 +49,11 @@ class HostHealth:
     """One endpoint host as this worker has seen it."""
 
     in_flight: int = 0
-    failures: int = 0  # consecutive
-    open_until_ms: int = 0  # breaker open until then (0: closed)
-    cooldown_ms: int = COOLDOWN_MS
-    probing: bool = False  # the one half-open probe is in flight
     failing_since_ms: int | None = None
     disabled: str | None = None  # why, once disabled
-    next_slot_ms: float = 0.0  # earliest time the next attempt may start (host rate)
+    rate_tat_ms: float | None = None  # the host rate's GCRA TAT (None: idle)
+    # Made by Gates on first use, with its settings; None (a new or reset host): a fresh one.
+    breaker: CircuitBreaker | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +79,8 @@ class Gates:
         self._disable_after_ms = disable_after_ms
         self.hosts: dict[str, HostHealth] = {}
         self._accounts: dict[str, int] = {}
+        self._limit: tuple[float, Limit] | None = None  # (share, the host rate's share of it)
+        self._breaker()  # invalid breaker settings fail here, not at the first callback
 
     @staticmethod
     def slots(cap: int, share: float) -> int:
@@ -82,30 +88,26 @@ class Gates:
         return max(1, math.floor(cap * share + 1e-9))
 
     def admit(self, host: str, account: str, share: float, now_ms: int) -> Admission:
-        health = self.hosts.setdefault(host, HostHealth())
+        health, breaker = self._health(host)
         if health.disabled is not None:
             return Admission(False, disabled=health.disabled)
-        if health.open_until_ms:
-            if now_ms < health.open_until_ms or health.probing:
-                return Admission(False, max(health.open_until_ms, now_ms + FULL_WAIT_MS),
-                                 reason="breaker open")
-            health.probing = True  # half-open: this one attempt probes
-        elif health.in_flight >= self.slots(self._host_cap, share):
-            return Admission(False, now_ms + FULL_WAIT_MS, reason="host at its cap")
+        if breaker.state(now_ms) == CLOSED:
+            if health.in_flight >= self.slots(self._host_cap, share):
+                return Admission(False, now_ms + FULL_WAIT_MS, reason="host at its cap")
+        elif not breaker.allow(now_ms):  # half-open: allow() lets this one attempt probe
+            return Admission(False, max(breaker.open_until_ms, now_ms + FULL_WAIT_MS),
+                             reason="breaker open")
         if self._accounts.get(account, 0) >= self.slots(self._account_cap, share):
-            health.probing = False
+            breaker.release()
             return Admission(False, now_ms + FULL_WAIT_MS, reason="account at its cap")
         if self._host_rate:
-            # GCRA: slots ``spacing`` apart, up to RATE_BURST_S of them at once, so a worker
-            # that looks late (a busy loop) still sends at the rate instead of one per look.
-            rate = self._host_rate * max(share, 1e-6)
-            spacing = 1000.0 / rate
-            tolerance = spacing * (max(1.0, rate * RATE_BURST_S) - 1)
-            if health.next_slot_ms - now_ms > tolerance:
-                health.probing = False
-                return Admission(False, math.ceil(health.next_slot_ms - tolerance),
-                                 reason="host at its rate")
-            health.next_slot_ms = max(health.next_slot_ms, now_ms) + spacing
+            # Up to RATE_BURST_S of slots at once, so a worker that looks late (a busy loop)
+            # still sends at the rate instead of one per look.
+            slot = reserve(health.rate_tat_ms, now_ms, 1, self._rate_limit(self._host_rate, share))
+            if slot.release_at_ms > now_ms:
+                breaker.release()
+                return Admission(False, math.ceil(slot.release_at_ms), reason="host at its rate")
+            health.rate_tat_ms = slot.tat_ms
         health.in_flight += 1
         self._accounts[account] = self._accounts.get(account, 0) + 1
         return Admission(True)
@@ -113,32 +115,27 @@ class Gates:
     def finish(self, host: str, account: str, outcome: str, now_ms: int) -> None:
         """An admitted attempt ended: ``ok`` (answered 2xx or a final 4xx: the host is up),
         ``failed`` (no answer, 408/429/5xx) or ``gone`` (410)."""
-        health = self.hosts.setdefault(host, HostHealth())
+        health, breaker = self._health(host)
         health.in_flight = max(0, health.in_flight - 1)
         left = self._accounts.get(account, 0) - 1
         if left > 0:
             self._accounts[account] = left
         else:
             self._accounts.pop(account, None)
-        was_probe, health.probing = health.probing, False
         if outcome == "gone":
             health.disabled = "the endpoint answered 410 Gone"
             return
         if outcome == "ok":
-            health.failures, health.open_until_ms = 0, 0
-            health.cooldown_ms, health.failing_since_ms = COOLDOWN_MS, None
+            breaker.record_success(now_ms)
+            health.failing_since_ms = None
             return
-        health.failures += 1
         if health.failing_since_ms is None:
             health.failing_since_ms = now_ms
         if now_ms - health.failing_since_ms >= self._disable_after_ms:
             health.disabled = (f"no successful callback for "
                                f"{(now_ms - health.failing_since_ms) / 3_600_000:.1f} h")
             return
-        if was_probe:
-            health.cooldown_ms = min(MAX_COOLDOWN_MS, health.cooldown_ms * 2)
-        if was_probe or health.failures >= self._failures:
-            health.open_until_ms = now_ms + health.cooldown_ms
+        breaker.record_failure(now_ms)
 
     def disable(self, host: str, reason: str) -> None:
         """Disable ``host`` (another worker, or this one before a restart, saw it fail)."""
@@ -158,9 +155,28 @@ class Gates:
             return "closed"
         if health.disabled is not None:
             return "disabled"
-        if not health.open_until_ms:
-            return "closed"
-        return "open" if now_ms < health.open_until_ms else "half_open"
+        return health.breaker.state(now_ms) if health.breaker else "closed"
 
     def in_flight(self) -> int:
         return sum(h.in_flight for h in self.hosts.values())
+
+    def _health(self, host: str) -> tuple[HostHealth, CircuitBreaker]:
+        health = self.hosts.get(host)
+        if health is None:
+            health = self.hosts[host] = HostHealth()
+        if health.breaker is None:
+            health.breaker = self._breaker()
+        return health, health.breaker
+
+    def _breaker(self) -> CircuitBreaker:
+        # One probe at a time and never given up by time: every admitted attempt is finished.
+        return CircuitBreaker(self._failures, COOLDOWN_MS, MAX_COOLDOWN_MS, half_open_trials=1,
+                              trial_timeout_ms=None, late_results=True)
+
+    def _rate_limit(self, host_rate: float, share: float) -> Limit:
+        """This worker's share of the host rate, with RATE_BURST_S of burst (at least one).
+        Kept while the share holds: admit runs for every look at a waiting callback."""
+        if self._limit is None or self._limit[0] != share:
+            rate = host_rate * max(share, 1e-6)
+            self._limit = (share, Limit(rate, max(1.0, rate * RATE_BURST_S)))
+        return self._limit[1]

@@ -18,7 +18,8 @@ Per type, the required keys are: smpp ``host``, ``port``, ``system_id``, ``passw
 whatsapp ``base_url``, ``phone_number_id``, ``access_token``. ``type`` defaults to "smpp".
 Unknown keys are refused, so a misspelt option fails at start-up rather than being ignored.
 ``breaker`` (any type, optional) overrides
-:class:`~pipeline.stages.dispatch.routing.CircuitBreaker` defaults.
+:class:`~pipeline.breaker.CircuitBreaker` defaults (dispatch's: late results ignored while
+open, a lost trial given up after ``trial_timeout_ms``).
 
 Passwords, tokens and secrets stay in this file (or a secret mount), never in logs: connector
 configs hide them from ``repr``, and no error raised here quotes a value.
@@ -34,9 +35,10 @@ from typing import Any
 from connectors.base import Connector
 from connectors.http_channel.client import WhatsAppClient, WhatsAppConfig
 from connectors.smpp.client import SmppClient, SmppConfig
+from pipeline.breaker import CircuitBreaker
 from pipeline.configfile import read_json
 from pipeline.errors import ConfigError
-from pipeline.stages.dispatch.routing import CircuitBreaker, RouteTable
+from pipeline.stages.dispatch.routing import RouteTable
 
 __all__ = ["Carriers"]
 

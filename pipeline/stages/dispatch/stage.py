@@ -59,6 +59,7 @@ from typing import Any, TypeVar
 import structlog
 
 from connectors.base import Connector, ConnectorError, ErrorKind, SubmitRequest, SubmitResult
+from pipeline.breaker import CLOSED, HALF_OPEN, OPEN
 from pipeline.codec import AvroCodec
 from pipeline.errors import ConfigError
 from pipeline.headers import H_RESEND_AVOID, H_TIMER_DUE
@@ -77,13 +78,7 @@ from pipeline.runtime.store import Store
 from pipeline.settings import Settings
 from pipeline.stages.dispatch import decision, journal
 from pipeline.stages.dispatch.carriers import Carriers
-from pipeline.stages.dispatch.routing import (
-    CLOSED,
-    HALF_OPEN,
-    OPEN,
-    choose,
-    counts_against_health,
-)
+from pipeline.stages.dispatch.routing import choose, counts_against_health
 
 __all__ = ["DispatchStage", "build"]
 

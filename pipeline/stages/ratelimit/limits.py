@@ -23,9 +23,9 @@ import phonenumbers
 
 from pipeline.configfile import read_json
 from pipeline.errors import ConfigError
+from pipeline.gcra import Limit
 from pipeline.records import accepted_key
 from pipeline.senders import SenderKind, SenderRegistry
-from pipeline.stages.ratelimit.gcra import Limit
 
 ACCOUNT = "account"
 SENDER = "sender"

@@ -32,6 +32,7 @@ import structlog
 
 from pipeline.codec import AvroCodec
 from pipeline.errors import Code
+from pipeline.gcra import Limit, Reservation, reserve
 from pipeline.metrics import (
     RATELIMIT_BACKLOG,
     RATELIMIT_QUEUED_SEGMENTS,
@@ -44,7 +45,6 @@ from pipeline.runtime.stage import Input, KeyedStage, Out, Record, StoreSpec
 from pipeline.runtime.store import KeyState
 from pipeline.senders import load_registry
 from pipeline.settings import Settings
-from pipeline.stages.ratelimit.gcra import Limit, Reservation, reserve
 from pipeline.stages.ratelimit.limits import ACCOUNT, ROUTE, SENDER, Limits, bucket_of, load_limits
 
 STAGE = "ratelimit"

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import math
 
+from pipeline.gcra import Limit
 from pipeline.runtime.pacing import Pacer, Pacers
-from pipeline.stages.ratelimit.gcra import Limit
 
 TEN_PER_S = Limit(rate=10, burst=1)  # one segment per 100 ms, no bursting
 

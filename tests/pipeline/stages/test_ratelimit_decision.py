@@ -4,11 +4,11 @@ from typing import Any
 
 from pipeline.codec import AvroCodec
 from pipeline.errors import Code
+from pipeline.gcra import Limit
 from pipeline.runtime.stage import Record
 from pipeline.runtime.store import MemoryStore
 from pipeline.senders import DEMO_SENDERS
 from pipeline.settings import Settings
-from pipeline.stages.ratelimit.gcra import Limit
 from pipeline.stages.ratelimit.limits import ACCOUNT, ROUTE, SENDER, Limits, bucket_of
 from pipeline.stages.ratelimit.stage import RateLimitStage, decide
 from tests.fixtures.samples import sample

@@ -65,6 +65,28 @@ def test_a_failed_probe_doubles_the_cooldown() -> None:
     assert gates.admit("down.example", "a", 1.0, probe_at + 2 * COOLDOWN_MS).go
 
 
+def test_a_late_success_closes_an_open_breaker() -> None:
+    """An attempt that started before the breaker opened and then succeeds closes it."""
+    gates = _gates(failures=1)
+    assert gates.admit("up.example", "a", 1.0, 0).go and gates.admit("up.example", "a", 1.0, 0).go
+    gates.finish("up.example", "a", "failed", 10)
+    assert gates.state("up.example", 10) == "open"
+    gates.finish("up.example", "a", "ok", 20)
+    assert gates.state("up.example", 20) == "closed"
+
+
+def test_a_probe_held_back_by_the_account_cap_is_given_back() -> None:
+    """A half-open host whose would-be probe is refused by the account cap keeps its probe."""
+    gates = _gates(account_cap=1, failures=1)
+    gates.admit("down.example", "a", 1.0, 0)
+    gates.finish("down.example", "a", "failed", 0)
+    assert gates.admit("other.example", "a", 1.0, COOLDOWN_MS).go  # fills account a
+    held = gates.admit("down.example", "a", 1.0, COOLDOWN_MS)
+    assert not held.go and held.reason == "account at its cap"
+    gates.finish("other.example", "a", "ok", COOLDOWN_MS + 1)
+    assert gates.admit("down.example", "a", 1.0, COOLDOWN_MS + 1).go  # the probe
+
+
 def test_gone_and_long_failing_hosts_are_disabled() -> None:
     """410 disables at once; failing with no success for the whole period disables too."""
     gates = _gates()
@@ -109,3 +131,10 @@ def test_a_late_look_still_sends_at_the_rate() -> None:
         while gates.admit("h.example", "a", 1.0, now).go:
             sent += 1
     assert 490 <= sent <= 550
+
+
+def test_a_fresh_host_at_a_low_rate_goes_at_once() -> None:
+    """3/s (one slot, 1000/3 ms apart): the first attempt to a host goes when it asks, not a
+    rounding error later (regression: the release computed as (now + T) - T)."""
+    gates = Gates(100, 100, 5, DAY_MS, host_rate=3.0)
+    assert gates.admit("h.example", "a", 1.0, 1_715).go

@@ -2,7 +2,7 @@
 
 import pytest
 
-from pipeline.stages.ratelimit.gcra import Limit, reserve
+from pipeline.gcra import Limit, reserve
 
 
 def run(limit: Limit, arrivals: list[tuple[float, float]]) -> list[float]:
@@ -78,3 +78,11 @@ def test_invalid_limit_rejected():
         Limit(rate=0, burst=1)
     with pytest.raises(ValueError):
         Limit(rate=1, burst=0.5)
+
+
+def test_regression_due_now_is_not_deferred_by_rounding():
+    """A conforming message is released at ``now`` itself: computed as (now + T) - b·T, a
+    1000/3 ms interval put the release a hair after 1715 and deferred it."""
+    limit = Limit(rate=3, burst=1)
+    assert reserve(None, 1_715, 1, limit).release_at_ms == 1_715
+    assert reserve(1_715.0, 1_715, 1, limit).release_at_ms == 1_715
