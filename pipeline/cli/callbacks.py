@@ -16,6 +16,7 @@ from confluent_kafka import Producer
 
 from pipeline.cli.exits import OK, PROBLEMS, broker_errors
 from pipeline.codec import AvroCodec
+from pipeline.ops.health import disabled_endpoints
 from pipeline.settings import get_settings
 from pipeline.stages.callbacks import endpoints
 
@@ -37,7 +38,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 @broker_errors
 def _list(args: argparse.Namespace) -> int:
-    disabled = endpoints.disabled_hosts(get_settings(), args.timeout)
+    disabled = disabled_endpoints(get_settings(), args.timeout)
     if args.json:
         print(json.dumps([{"host": s.host, "reason": s.reason,
                            "disabled_at_ms": s.changed_at_ms} for s in disabled.values()]))
@@ -53,7 +54,7 @@ def _list(args: argparse.Namespace) -> int:
 def _enable(args: argparse.Namespace) -> int:
     settings = get_settings()
     host = args.host.strip().lower()
-    if host not in endpoints.disabled_hosts(settings, args.timeout):
+    if host not in disabled_endpoints(settings, args.timeout):
         print(f"telex: {host} is not disabled (telex callbacks list shows those that are)")
         return PROBLEMS
     producer = Producer(settings.producer_config())

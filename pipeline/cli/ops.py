@@ -12,9 +12,8 @@ import argparse
 import json
 
 from pipeline.cli.exits import OK, PROBLEMS, broker_errors
-from pipeline.ops.health import consumer_lag, dead_letters, stage_members
+from pipeline.ops.health import consumer_lag, dead_letters, disabled_endpoints, stage_members
 from pipeline.settings import get_settings
-from pipeline.stages.callbacks.endpoints import disabled_hosts
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -49,7 +48,7 @@ def _health(args: argparse.Namespace) -> int:
     members = stage_members(settings, args.timeout)
     dlq = dead_letters(settings, args.timeout)
     healthy = all(members.values()) and not any(dlq.values())
-    disabled = disabled_hosts(settings, args.timeout)
+    disabled = disabled_endpoints(settings, args.timeout)
     report = {"broker": settings.kafka_bootstrap_servers, "reachable": True,
               "stages": members, "dead_letters": dlq,
               "callback_endpoints_disabled": {h: s.reason for h, s in disabled.items()},

@@ -1,5 +1,6 @@
 """What `telex lag` and `telex health` read from the broker: consumer lag per stage, stage
-liveness, dead-letter counts. Read-only; every call has a deadline."""
+liveness, dead-letter counts, disabled callback endpoints. Read-only; every call has a
+deadline."""
 
 from __future__ import annotations
 
@@ -8,9 +9,13 @@ from dataclasses import dataclass
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
+from pipeline.codec import AvroCodec
 from pipeline.errors import BrokerError
+from pipeline.ops.topic_reader import read_from_start
 from pipeline.runtime.registry import consuming, dead_letter_topics
 from pipeline.settings import Settings
+from pipeline.stages.callbacks import endpoints
+from pipeline.stages.callbacks.endpoints import EndpointState
 
 # Each stage's consumer group (after the prefix) and the topics it consumes.
 STAGE_INPUTS: dict[str, tuple[str, ...]] = consuming()
@@ -100,3 +105,15 @@ def dead_letters(settings: Settings, timeout: float = 10.0) -> dict[str, int]:
         out[name] = sum(ends[(tp.topic, tp.partition)] - fut.result(timeout).offset
                                   for tp, fut in starts.items())
     return out
+
+
+def disabled_endpoints(settings: Settings, timeout: float = 10.0) -> dict[str, EndpointState]:
+    """Customer callback endpoint hosts disabled now: the latest ``callback-endpoints`` record
+    per host, where it says disabled (``telex health``, ``telex callbacks``)."""
+    codec = AvroCodec.from_settings(settings)
+    latest: dict[str, EndpointState] = {}
+    for msg in read_from_start(settings, settings.topic(endpoints.TOPIC), timeout=timeout):
+        if msg.value() is not None:
+            state = endpoints.decode(codec, msg.value())
+            latest[state.host] = state
+    return {h: s for h, s in latest.items() if s.state == endpoints.DISABLED}

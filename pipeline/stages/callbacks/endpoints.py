@@ -20,10 +20,9 @@ import structlog
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from pipeline.codec import AvroCodec
-from pipeline.ops.topic_reader import read_from_start
 from pipeline.settings import Settings
 
-__all__ = ["DISABLED", "ENABLED", "TOPIC", "EndpointFollower", "EndpointState", "disabled_hosts",
+__all__ = ["DISABLED", "ENABLED", "TOPIC", "EndpointFollower", "EndpointState", "decode",
            "encode"]
 
 TOPIC = "callback-endpoints"
@@ -52,7 +51,7 @@ def encode(codec: AvroCodec, state: EndpointState) -> bytes:
                                  "changed_by": state.changed_by})
 
 
-def _decode(codec: AvroCodec, value: bytes) -> EndpointState:
+def decode(codec: AvroCodec, value: bytes) -> EndpointState:
     fields = codec.decode(value, expected=SCHEMA)
     return EndpointState(fields["host"], fields["state"], fields["reason"],
                          int(fields["changed_at_ms"]), fields["changed_by"])
@@ -122,7 +121,7 @@ class EndpointFollower:
                 if msg.value() is None:
                     continue  # a tombstone: nothing to apply
                 try:
-                    self._changes.append(_decode(self._codec, msg.value()))
+                    self._changes.append(decode(self._codec, msg.value()))
                 except Exception as exc:  # one bad record must not stop the follower
                     log.warning("callback_endpoints_bad_record", offset=msg.offset(),
                                 partition=msg.partition(), error=repr(exc))
@@ -130,15 +129,3 @@ class EndpointFollower:
             log.error("callback_endpoints_follower_stopped", error=repr(exc))
         finally:
             consumer.close()
-
-
-def disabled_hosts(settings: Settings, timeout: float = 10.0) -> dict[str, EndpointState]:
-    """The hosts disabled now (latest record per host), for ``telex health`` and ``list``."""
-    codec = AvroCodec.from_settings(settings)
-    latest: dict[str, EndpointState] = {}
-    for msg in read_from_start(settings, settings.topic(TOPIC), timeout=timeout):
-        if msg.value() is None:
-            continue
-        state = _decode(codec, msg.value())
-        latest[state.host] = state
-    return {h: s for h, s in latest.items() if s.state == DISABLED}
