@@ -137,6 +137,18 @@ class Gates:
             return
         breaker.record_failure(now_ms)
 
+    def prune(self, now_ms: int) -> int:
+        """Forget hosts with nothing to remember: none in flight, not failing, not disabled,
+        breaker closed and rate credit full again. Keeps ``hosts`` as large as the hosts that
+        matter now rather than every host ever called. Returns how many were forgotten."""
+        idle = [host for host, h in self.hosts.items()
+                if h.in_flight == 0 and h.disabled is None and h.failing_since_ms is None
+                and (h.breaker is None or h.breaker.state(now_ms) == CLOSED)
+                and (h.rate_tat_ms is None or h.rate_tat_ms <= now_ms)]
+        for host in idle:
+            del self.hosts[host]
+        return len(idle)
+
     def disable(self, host: str, reason: str) -> None:
         """Disable ``host`` (another worker, or this one before a restart, saw it fail)."""
         self.hosts.setdefault(host, HostHealth()).disabled = reason

@@ -402,6 +402,7 @@ class CallbacksStage(KeyedStage):
         if now_ms >= self._health_due_ms:  # the gauges once a second, not on every wake
             self._health_due_ms = now_ms + 1000
             self.health(now_ms)
+            self._gates.prune(now_ms)
         return outs
 
     def _admit_waiting(self, host: str, stores: Mapping[tuple[str, int], Store],
@@ -536,10 +537,12 @@ class CallbacksStage(KeyedStage):
         gone = {p for _, p in partitions}
         for held in [k for k in self._in_flight if k[0] in gone]:
             del self._in_flight[held]  # its answer, when it comes, finds no store
-        for waiting in self._waiting.values():
+        for host, waiting in list(self._waiting.items()):
             for held in [k for k in waiting if k[0] in gone]:
                 del waiting[held]
                 self._waiting_count -= 1
+            if not waiting:
+                del self._waiting[host]
 
     def health(self, now_ms: int) -> dict[str, int]:
         """Hosts by breaker state (also exported as a gauge)."""

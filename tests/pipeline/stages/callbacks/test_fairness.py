@@ -138,3 +138,23 @@ def test_a_fresh_host_at_a_low_rate_goes_at_once() -> None:
     rounding error later (regression: the release computed as (now + T) - T)."""
     gates = Gates(100, 100, 5, DAY_MS, host_rate=3.0)
     assert gates.admit("h.example", "a", 1.0, 1_715).go
+
+
+def test_prune_forgets_only_hosts_with_nothing_to_remember() -> None:
+    """An idle healthy host is forgotten (the map stays as large as the hosts that matter);
+    one in flight, one with its breaker open, one disabled and one still owing rate credit are
+    kept."""
+    gates = Gates(host_cap=4, account_cap=100, failures=1, disable_after_ms=10**9,
+                  host_rate=1.0)
+    for host in ("idle", "busy", "broken", "gone", "paced"):
+        assert gates.admit(host, "acct", 1.0, 0).go
+    gates.finish("idle", "acct", "ok", 0)
+    gates.finish("broken", "acct", "failed", 0)  # one failure opens it (failures=1)
+    gates.finish("gone", "acct", "gone", 0)
+    gates.finish("paced", "acct", "ok", 0)
+    # At 500 ms the idle host's one-per-second slot is not yet free again either: nothing goes.
+    assert gates.prune(500) == 0
+    gates.admit("paced", "acct", 1.0, 1_000)  # takes the slot of 1 s: credit owed until 2 s
+    gates.finish("paced", "acct", "ok", 1_000)
+    assert gates.prune(1_500) == 1
+    assert set(gates.hosts) == {"busy", "broken", "gone", "paced"}
