@@ -271,7 +271,7 @@ class CallbacksStage(KeyedStage):
         state.set("queue", queue)
         self._outcomes["queued"].inc()
         if len(queue) == 1:
-            return self._start(record.partition, record.key or "", state, now_ms)
+            return self._start(record.partition, record.key or "", state, now_ms, event)
         return []
 
     # -- attempts --
@@ -279,9 +279,11 @@ class CallbacksStage(KeyedStage):
     def on_timer(self, key: str, state: KeyState, now_ms: int) -> list[Out]:
         return self._start(state.partition, key, state, now_ms)
 
-    def _start(self, partition: int, key: str, state: KeyState, now_ms: int) -> list[Out]:
+    def _start(self, partition: int, key: str, state: KeyState, now_ms: int,
+               event: dict | None = None) -> list[Out]:
         """Launch the head of the message's queue if its host and account have room; else book
-        the entry's timer for when to ask again."""
+        the entry's timer for when to ask again. ``event``: the head, already decoded (by
+        :meth:`handle`, which just queued it), to spare a second decode."""
         queue = state.get("queue") or []
         if not queue:
             state.set_timer(None)
@@ -315,7 +317,8 @@ class CallbacksStage(KeyedStage):
         attempt = int(state.get("attempt") or 0) + 1
         state.set("attempt", attempt)
         state.set_timer(now_ms + WATCHDOG_MS)
-        event = self._codec.decode(bytes.fromhex(value_hex), expected="delivery_status")
+        if event is None or int(event["sequence"]) != seq:
+            event = self._codec.decode(bytes.fromhex(value_hex), expected="delivery_status")
         job = _Job(partition, key, seq, attempt, url, host, account, event["status"],
                    callback_body(event))
         self._in_flight[(partition, key)] = (seq, attempt)
