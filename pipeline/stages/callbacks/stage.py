@@ -93,7 +93,7 @@ QUEUE_MAX = 32
 #: (restarted, or the partition's new owner) it sends the callback again, with the same id.
 WATCHDOG_MS = 2_000
 #: callbacks waiting in memory for their hosts, all hosts together (bounded: beyond, they rely
-#: on their timers).
+#: on their timers; the host holding the most gives up places first, see _wait).
 WAITING_MAX = 100_000
 #: a waiting callback's timer is the safety net of a restart (which forgets the waiting lists)
 #: and of the callbacks beyond WAITING_MAX: due in 3 x how long it has waited, at least this and
@@ -431,13 +431,23 @@ class CallbacksStage(KeyedStage):
         return outs
 
     def _wait(self, host: str, held: tuple[int, str]) -> None:
-        """Put a callback on its host's waiting list, if it is not there and there is room."""
-        waiting = self._waiting.setdefault(host, collections.OrderedDict())
-        if held not in waiting and self._waiting_count < WAITING_MAX:
-            waiting[held] = None
-            self._waiting_count += 1
-        elif not waiting:
-            del self._waiting[host]
+        """Put a callback on its host's waiting list. When the lists are full (WAITING_MAX over
+        all hosts), the host holding the most gives up its newest place (that callback relies on
+        its timer): a dead endpoint's backlog never takes the places of a healthy host's few.
+        A callback of the host holding the most already relies on its timer instead."""
+        waiting = self._waiting.get(host)
+        if waiting is not None and held in waiting:
+            return
+        if self._waiting_count >= WAITING_MAX:
+            biggest = max(self._waiting, key=lambda h: len(self._waiting[h]))
+            if len(self._waiting[biggest]) <= len(waiting or ()) + 1:
+                return
+            self._waiting[biggest].popitem(last=True)
+            self._waiting_count -= 1
+        if waiting is None:
+            waiting = self._waiting[host] = collections.OrderedDict()
+        waiting[held] = None
+        self._waiting_count += 1
 
     def _apply(self, answer: _Answer, stores: Mapping[tuple[str, int], Store],
                now_ms: int) -> list[Out]:

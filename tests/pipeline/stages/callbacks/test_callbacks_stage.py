@@ -5,7 +5,9 @@ name to 127.0.0.1 (allowed by the settings, as in the demo)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -217,4 +219,40 @@ def test_a_long_wait_makes_the_safety_timer_rarer(settings: Settings) -> None:
         <= much_later + 5_400_000
     h.answers(2, now=much_later)  # m0's answer frees the slot; m1 goes
     assert KeyState(h.store, "m1", much_later).get("waiting_since") is None
+    h.close()
+
+
+def test_a_dead_hosts_backlog_never_takes_a_healthy_hosts_waiting_place(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the waiting lists full of a dead host's callbacks, a healthy host's callback that
+    finds its host at the cap still gets a place (the dead host gives up its newest) and goes
+    as soon as a slot frees, without waiting for its safety timer."""
+    import pipeline.stages.callbacks.stage as stage_module
+
+    monkeypatch.setattr(stage_module, "WAITING_MAX", 4)
+    dead = "http://dead.customer.test/status"
+    sender = FakeSender()
+    h = Harness(settings.model_copy(update={"callback_host_concurrency": 1}), sender)
+    hold = threading.Event()
+    original = sender.post
+
+    async def post(target: Target, body: bytes, headers: Mapping[str, str],
+                   timeout_s: float) -> Response:
+        if target.url.host == "dead.customer.test":
+            await asyncio.get_running_loop().run_in_executor(None, hold.wait)
+        return await original(target, body, headers, timeout_s)
+
+    sender.post = post  # type: ignore[method-assign]
+    h.feed(*(_event(settings, 1, "accepted", mid=f"dead{i}", url=dead) for i in range(6)))
+    assert h.stage._waiting_count == 4  # one in flight, four waiting, one beyond: on its timer
+    h.feed(_event(settings, 1, "accepted", mid="ok0"), _event(settings, 1, "accepted", mid="ok1"))
+    assert list(h.stage._waiting["hooks.customer.test"]) == [(0, "ok1")]
+    assert len(h.stage._waiting["dead.customer.test"]) == 3
+
+    def ok1_sent() -> bool:  # ok0's answer frees the healthy host's slot: ok1 goes at once
+        h.outs += h.stage.wake(NOW, h.stores)
+        return ("msg_ok1_1", 1) in sender.sent
+
+    until_sync(ok1_sent, 5, "ok1 sent once ok0 was answered, with no timer fired")
+    hold.set()
     h.close()
