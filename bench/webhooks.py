@@ -24,8 +24,7 @@ import uuid
 from pathlib import Path
 
 from bench import harness
-from bench.harness import REPO, worker_env
-from bench.ingest import _proc_stats
+from bench.harness import REPO, proc_stats, worker_env
 from connectors.http_channel import SIGNATURE_HEADER, sign
 from pipeline.procutil import die_with_parent, free_ports
 from pipeline.settings import load_settings
@@ -103,9 +102,9 @@ def one_run(bootstrap: str, tmp: Path, n: int, connections: int) -> dict[str, fl
                             preexec_fn=die_with_parent())
     try:
         _wait_healthy(port, proc)
-        cpu0, _ = _proc_stats(proc.pid)
+        cpu0, _ = proc_stats(proc.pid)
         rate, latencies = asyncio.run(_load(port, n, connections))
-        cpu1, rss = _proc_stats(proc.pid)
+        cpu1, rss = proc_stats(proc.pid)
     finally:
         proc.terminate()
         proc.wait(30)
