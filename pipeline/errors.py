@@ -80,6 +80,11 @@ class Code(IntEnum):
     """Every user-facing error code by name (values: Twilio's numbering); titles in
     :data:`ERROR_CODES`."""
 
+    INVALID_PARAMETER = 20001
+    AUTHENTICATE = 20003
+    NOT_FOUND = 20404
+    TOO_MANY_REQUESTS = 20429
+    SERVICE_UNAVAILABLE = 20503
     INVALID_TO = 21211
     REGION_NOT_ENABLED = 21408
     INVALID_FROM = 21606
@@ -115,6 +120,12 @@ class ErrorCode:
 
 
 _CODES = (
+    # The REST API's own answers (pipeline/api), in Twilio's numbering for the same cases.
+    ErrorCode(Code.INVALID_PARAMETER, "Invalid or missing parameter", False),
+    ErrorCode(Code.AUTHENTICATE, "Authentication failed", False),
+    ErrorCode(Code.NOT_FOUND, "The requested resource was not found", False),
+    ErrorCode(Code.TOO_MANY_REQUESTS, "Too many requests", True),
+    ErrorCode(Code.SERVICE_UNAVAILABLE, "Service unavailable: the request was not stored", True),
     ErrorCode(Code.INVALID_TO, "Invalid 'To' phone number", False),
     ErrorCode(Code.REGION_NOT_ENABLED, "Region not enabled for sending", False),
     ErrorCode(Code.INVALID_FROM, "'From' is not a valid message-capable sender for this channel",

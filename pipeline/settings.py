@@ -242,6 +242,46 @@ class Settings(BaseSettings):
         "empty by default. Parsed by callback_networks().",
     )
 
+    api_host: str = Field(
+        "127.0.0.1", validation_alias="TELEX_API_HOST",
+        description="TELEX_API_HOST: address the REST API (`telex api`) listens on.",
+    )
+    api_port: int = Field(
+        8080, ge=0, le=65535, validation_alias="TELEX_API_PORT",
+        description="TELEX_API_PORT: port of the REST API (8080; 0 picks a free one).",
+    )
+    api_keys_file: str | None = Field(
+        None, validation_alias="TELEX_API_KEYS_FILE",
+        description="TELEX_API_KEYS_FILE: JSON file of API keys (key id, account, scrypt hash "
+        "and salt of the secret), written by `telex api key create`; unset refuses every "
+        "request (401).",
+    )
+    api_rate: float = Field(
+        100.0, gt=0, validation_alias="TELEX_API_RATE",
+        description="TELEX_API_RATE: requests per second one account may make to one API "
+        "process (100); past it and the burst, 429 with Retry-After.",
+    )
+    api_burst: float = Field(
+        200.0, ge=1, validation_alias="TELEX_API_BURST",
+        description="TELEX_API_BURST: requests an idle account may make at once (200).",
+    )
+    api_max_body_bytes: int = Field(
+        65_536, ge=1024, le=10_485_760, validation_alias="TELEX_API_MAX_BODY_BYTES",
+        description="TELEX_API_MAX_BODY_BYTES: largest request body accepted (64 KiB; a "
+        "4,096-character body with 10 media URLs fits many times over); larger is 413.",
+    )
+    api_publish_timeout_s: float = Field(
+        5.0, gt=0, le=60, validation_alias="TELEX_API_PUBLISH_TIMEOUT_S",
+        description="TELEX_API_PUBLISH_TIMEOUT_S: how long a POST waits for Kafka's "
+        "acknowledgement (5 s) before answering 503. It is librdkafka's message.timeout.ms: "
+        "once it passes the producer has dropped the request, so a 503 is never followed "
+        "by a publish.",
+    )
+    api_db_connections: int = Field(
+        4, ge=1, le=64, validation_alias="TELEX_API_DB_CONNECTIONS",
+        description="TELEX_API_DB_CONNECTIONS: PostgreSQL connections of one API process (4).",
+    )
+
     @field_validator("kafka_bootstrap_servers")
     @classmethod
     def _bootstrap_not_empty(cls, value: str) -> str:

@@ -6,12 +6,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from pipeline.cli import broker, callbacks, demo, dlq, exits, ops, topics, trace, worker
+from pipeline.cli import api, broker, callbacks, demo, dlq, exits, ops, topics, trace, worker
 from pipeline.errors import TelexError
 
 # Each command-group module exposes ``register(subparsers)`` and sets ``func`` on its parsers;
 # ``func(args) -> int`` returns the process exit code.
-_GROUPS = (broker, topics, worker, demo, ops, dlq, trace, callbacks)
+_GROUPS = (broker, topics, worker, demo, ops, dlq, trace, callbacks, api)
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="telex", description="Telex delivery pipeline tools")
