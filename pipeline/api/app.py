@@ -34,6 +34,7 @@ import psycopg
 import structlog
 from pydantic import ValidationError
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -282,6 +283,15 @@ async def _database_down(request: Request, exc: Exception) -> Response:
                    {"Retry-After": "1"})
 
 
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (no such route, method not allowed) in the one error shape."""
+    status = getattr(exc, "status_code", 400)
+    if status == 404:
+        return not_found()
+    return problem(status, Code.INVALID_PARAMETER, str(getattr(exc, "detail", "")) or None,
+                   getattr(exc, "headers", None))
+
+
 async def _internal(request: Request, exc: Exception) -> Response:
     log.error("api_internal_error", exc_info=exc)
     return problem(500, Code.INTERNAL, "Internal error")
@@ -318,6 +328,6 @@ def build_app(settings: Settings, keys: KeyRing | None = None) -> AccessLog:
             log.info("api_stopped")
 
     app = Starlette(routes=ROUTES, lifespan=lifespan, exception_handlers={
-        psycopg.Error: _database_down, Exception: _internal})
+        HTTPException: _http_error, psycopg.Error: _database_down, Exception: _internal})
     app.state.ctx = ctx
     return AccessLog(app, app.router)
