@@ -48,7 +48,7 @@ from pipeline.api.ratelimit import RequestLimiter
 from pipeline.api.store import Cursor, MessageStore, decode_cursor, encode_cursor
 from pipeline.errors import Code, ConfigError
 from pipeline.sdk import PublishError, TelexProducer
-from pipeline.senders import SenderRegistry
+from pipeline.senders import SenderRegistry, load_registry
 from pipeline.settings import Settings
 from pipeline.stages.ingest.validate import Rejection, validate
 
@@ -309,8 +309,7 @@ def build_app(settings: Settings, keys: KeyRing | None = None) -> AccessLog:
         limiter=RequestLimiter(settings.api_rate, settings.api_burst),
         store=MessageStore(settings.database_url.get_secret_value(), settings.pg_schema,
                            settings.api_db_connections),
-        senders=SenderRegistry.from_file(settings.senders_file) if settings.senders_file
-        else None,
+        senders=load_registry(settings.senders_file),  # ingest's registry: 21606 at once
         openapi=document_bytes(),
     )
 

@@ -87,8 +87,10 @@ def test_same_key_with_another_body_is_422_with_code_21656(
 
 def test_ingest_rules_answer_400_with_ingest_codes(
         api: RunningApi, creds: dict[str, Credentials]) -> None:
-    """Invalid To, a landline, no content, validity out of range: ingest's codes, nothing sent."""
+    """Invalid To, a landline, an unregistered From, no content, validity out of range: ingest's
+    codes, nothing sent."""
     cases = {21211: message(To="+1415"), 21614: message(To="+442072193000"),
+             21606: message(From="+14155559999"),
              21619: message(Body=None), 21624: message(ValidityPeriod=0)}
     got = {code: post(api, creds[ACCOUNT_A], body) for code, body in cases.items()}
     assert {code: (a.status_code, a.json()["code"]) for code, a in got.items()} == {
