@@ -9,7 +9,8 @@ POST publishes with these steps (each failure answered before anything is acknow
 1. validate the body with the models, then with ingest's rules (400 with ingest's code);
 2. reserve the message id (derived from account + Idempotency-Key) in ``api_messages``: a row
    with another content hash is a reused key (422, 21656); a published row is a replay,
-   answered with the stored resource and not published again;
+   answered with the stored resource and not published again (requests for one message id
+   take these steps one at a time in a process, so concurrent retries publish once);
 3. publish through the SDK and wait for Kafka's acknowledgement (none within
    ``api_publish_timeout_s``: 503 + Retry-After; librdkafka has then dropped the request, so
    it is never published later by surprise);
@@ -25,7 +26,7 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -47,7 +48,7 @@ from pipeline.api.problems import not_found, problem, unauthorized
 from pipeline.api.ratelimit import RequestLimiter
 from pipeline.api.store import Cursor, MessageStore, decode_cursor, encode_cursor
 from pipeline.errors import Code, ConfigError
-from pipeline.sdk import PublishError, TelexProducer
+from pipeline.sdk import OutboundMessage, PublishError, TelexProducer
 from pipeline.senders import SenderRegistry, load_registry
 from pipeline.settings import Settings
 from pipeline.stages.ingest.validate import Rejection, validate
@@ -76,6 +77,8 @@ class ApiContext:
     producer: TelexProducer | None = None
     senders: SenderRegistry | None = None
     openapi: bytes = b""
+    # Message ids a request is reserving and publishing now; resolved when it answered.
+    publishing: dict[str, asyncio.Future[None]] = field(default_factory=dict)
 
 
 def _json(body: str | bytes, status: int = 200) -> Response:
@@ -168,6 +171,22 @@ async def create_message(request: Request) -> Response:
         else datetime.fromtimestamp(outbound.send_at_ms / 1000, UTC),
         "segments": verdict.segments, "date_created": created,
     }
+    # One request per message id at a time in this process: a concurrent identical request
+    # waits, then finds the row published and answers the replay without publishing again.
+    while (busy := ctx.publishing.get(row["message_id"])) is not None:
+        await asyncio.shield(busy)
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    ctx.publishing[row["message_id"]] = done
+    try:
+        return await _reserve_and_publish(ctx, account, outbound, row)
+    finally:
+        del ctx.publishing[row["message_id"]]
+        done.set_result(None)
+
+
+async def _reserve_and_publish(ctx: ApiContext, account: str, outbound: OutboundMessage,
+                               row: dict[str, Any]) -> Response:
+    """Steps 2-4 for one message id."""
     unavailable = problem(503, Code.SERVICE_UNAVAILABLE, None, {
         "Retry-After": str(math.ceil(ctx.settings.api_publish_timeout_s))})
     try:
@@ -175,24 +194,31 @@ async def create_message(request: Request) -> Response:
     except psycopg.Error as exc:
         log.warning("api_store_unavailable", message_id=row["message_id"], error=str(exc))
         return unavailable
-    if stored.content_hash != verdict.content_hash:
+    if stored.content_hash != row["content_hash"]:
         return problem(422, Code.IDEMPOTENCY_CONFLICT,
                        "Idempotency-Key was already used with a different request")
     if stored.published:
         replay = await ctx.store.get(account, row["message_id"])
         if replay is not None:
             return _json(messages.resource(replay).model_dump_json(by_alias=True), 201)
+    answer = await _publish(ctx, outbound, row)
+    return _json(answer, 201) if answer is not None else unavailable
+
+
+async def _publish(ctx: ApiContext, outbound: OutboundMessage, row: dict[str, Any]
+                   ) -> bytes | None:
+    """Steps 3 and 4: the 201 body once Kafka acknowledged and the row is marked, else None."""
     assert ctx.producer is not None
     try:
         await ctx.producer.send_async(outbound)
     except PublishError as exc:
         log.warning("api_publish_failed", message_id=row["message_id"], reason=exc.reason)
-        return unavailable
+        return None
     try:
         await ctx.store.mark_published(row["message_id"])
     except psycopg.Error as exc:  # published: the answer stands; a retry marks it
         log.warning("api_mark_published_failed", message_id=row["message_id"], error=str(exc))
-    return _json(messages.resource(row).model_dump_json(by_alias=True), 201)
+    return messages.resource(row).model_dump_json(by_alias=True).encode()
 
 
 async def get_message(request: Request) -> Response:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -90,6 +91,21 @@ class MessageStore:
         self._all: list[psycopg.AsyncConnection[dict[str, Any]]] = []
         self._marks: list[tuple[str, asyncio.Future[None]]] = []
         self._marking = False
+        self._reserves: list[tuple[dict[str, Any], asyncio.Future[Reserved], int]] = []
+        self._reserving = False
+        types = ("text", "text", "text", "text", "text", "text", "text", "text", "text", "text",
+                 "int", "timestamptz", "int", "timestamptz")
+        unnest = ", ".join(f"%s::{t}[]" for t in types)
+        values = ", ".join("ARRAY(SELECT jsonb_array_elements_text(media_urls::jsonb))"
+                           if f == "media_urls" else f for f in _FIELDS)
+        self._reserve_sql = (
+            f"WITH input AS (SELECT * FROM unnest({unnest}) AS t({', '.join(_FIELDS)})), "
+            f"new AS (INSERT INTO {schema}.api_messages ({', '.join(_FIELDS)}) "
+            f"SELECT {values} FROM input ON CONFLICT (message_id) DO NOTHING "
+            "RETURNING message_id, content_hash, published) "
+            "SELECT message_id, content_hash, published FROM new UNION ALL "
+            f"SELECT message_id, content_hash, published FROM {schema}.api_messages "
+            "WHERE message_id = ANY(%s::text[])")
         s = schema
         self._select = (
             f"SELECT a.*, m.status, m.updated_at, m.error_code, m.error_reason, "
@@ -124,30 +140,51 @@ class MessageStore:
 
     async def reserve(self, row: dict[str, Any]) -> Reserved:
         """Insert the request's row unless its message id has one; return the stored row's
-        content hash and whether it was published."""
-        got = None
-        # A concurrent insert of the same id commits after this statement's snapshot: the
-        # INSERT then does nothing and the SELECT sees nothing; the next try sees it.
-        for _ in range(3):
-            got = await self._reserve_once(row)
-            if got is not None:
-                break
-        assert got is not None, "a reserved row vanished"
-        return Reserved(got["content_hash"], got["published"])
+        content hash and whether it was published. Grouped like the marks: one statement
+        reserves every row that arrived while the previous one ran."""
+        waiter: asyncio.Future[Reserved] = asyncio.get_running_loop().create_future()
+        self._reserves.append((row, waiter, 0))
+        if not self._reserving:
+            self._reserving = True
+            asyncio.get_running_loop().create_task(self._flush_reserves())
+        return await waiter
 
-    async def _reserve_once(self, row: dict[str, Any]) -> dict[str, Any] | None:
-        cols = ", ".join(_FIELDS)
-        marks = ", ".join(["%s"] * len(_FIELDS))
+    async def _flush_reserves(self) -> None:
+        try:
+            while self._reserves:
+                batch: list[tuple[dict[str, Any], asyncio.Future[Reserved], int]] = []
+                later, ids = [], set()
+                for item in self._reserves:  # one row per id and statement
+                    (later if item[0]["message_id"] in ids else batch).append(item)
+                    ids.add(item[0]["message_id"])
+                self._reserves = later
+                try:
+                    found = await self._reserve_rows([r for r, _, _ in batch])
+                except Exception as exc:  # every waiter gets the failure; none is lost
+                    for _, waiter, _ in batch:
+                        if not waiter.done():
+                            waiter.set_exception(exc)
+                    continue
+                for row, waiter, tries in batch:
+                    got = found.get(row["message_id"])
+                    if got is not None:
+                        waiter.set_result(got)
+                    elif tries < 3:
+                        # A concurrent insert of the same id committed after this statement's
+                        # snapshot: INSERT did nothing and SELECT saw nothing; the next sees it.
+                        self._reserves.append((row, waiter, tries + 1))
+                    else:
+                        waiter.set_exception(psycopg.OperationalError("reserved row vanished"))
+        finally:
+            self._reserving = False
+
+    async def _reserve_rows(self, rows: list[dict[str, Any]]) -> dict[str, Reserved]:
+        cols = [[r[f] for r in rows] for f in _FIELDS]
+        cols[_FIELDS.index("media_urls")] = [json.dumps(r["media_urls"]) for r in rows]
         async with self._conn() as conn:
-            cur = await conn.execute(
-                f"WITH new AS (INSERT INTO {self._schema}.api_messages ({cols}) "  # type: ignore[arg-type]
-                f"VALUES ({marks}) ON CONFLICT (message_id) DO NOTHING "
-                "RETURNING content_hash, published) "
-                "SELECT content_hash, published FROM new UNION ALL "
-                f"SELECT content_hash, published FROM {self._schema}.api_messages "
-                "WHERE message_id = %s LIMIT 1",
-                [*(row[f] for f in _FIELDS), row["message_id"]])
-            return await cur.fetchone()
+            cur = await conn.execute(self._reserve_sql, [*cols, cols[0]])  # type: ignore[arg-type]
+            return {r["message_id"]: Reserved(r["content_hash"], r["published"])
+                    for r in await cur.fetchall()}
 
     async def mark_published(self, message_id: str) -> None:
         """Returns once the row is marked. Marks are grouped: while one UPDATE runs, the ids

@@ -9,6 +9,7 @@ from typing import Any
 import psycopg
 
 from pipeline.codec import AvroCodec
+from pipeline.sdk import message_id_for
 from pipeline.settings import Settings
 from pipeline.stages.pgsink import StatusSink
 from tests.fixtures.samples import sample
@@ -208,3 +209,33 @@ def test_a_message_from_another_schema_is_not_visible(
     with api.client(creds[ACCOUNT_A]) as client:
         got = client.get(f"/v1/accounts/{ACCOUNT_A}/messages/{sid}")
     assert (got.status_code, got.json()["code"]) == (404, 20404)
+
+
+def test_concurrent_posts_with_one_key_publish_once_and_conflicts_lose(
+        api: RunningApi, creds: dict[str, Credentials]) -> None:
+    """20 POSTs at once with one key (10 with one body, 10 with another) and 20 with their own
+    keys: the grouped reserve gives one sid for the shared key, one body wins and the other
+    gets 422, and the topic holds 21 requests."""
+    import asyncio
+
+    import httpx
+
+    who = creds[ACCOUNT_A]
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=api.url, auth=who.auth, timeout=30) as client:
+            path = f"/v1/accounts/{ACCOUNT_A}/messages"
+            shared = [client.post(path, json=message(Body=f"body {i % 2}"),
+                                  headers={"Idempotency-Key": "shared"}) for i in range(20)]
+            own = [client.post(path, json=message(Body=f"own {i}"),
+                               headers={"Idempotency-Key": f"own-{i}"}) for i in range(20)]
+            return list(await asyncio.gather(*shared, *own))
+
+    answers = asyncio.run(burst())
+    shared, own = answers[:20], answers[20:]
+    winners = {a.json()["body"] for a in shared if a.status_code == 201}
+    assert len(winners) == 1 and {a.json()["sid"] for a in shared if a.status_code == 201} == {
+        message_id_for(ACCOUNT_A, "shared")}
+    assert sorted(a.status_code for a in shared) == [201] * 10 + [422] * 10
+    assert [a.status_code for a in own] == [201] * 20
+    assert len(requested(api.settings)) == 21
