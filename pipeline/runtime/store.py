@@ -383,6 +383,14 @@ class DiskStore(Store):
         self._pending: dict[str, tuple[Entry | None, int]] = {}
         self._pending_timers: list[tuple[int, str]] = []  # timers in _pending, by due time
         self._restoring: dict[bytes, bytes | None] = {}
+        # Where the timer and expiry indexes' first live entries were last seen: nothing on
+        # disk lies below (a write below lowers it). Scans seek there, not to the index's
+        # start: moved timers and expiries leave deletion tombstones at the low end of each
+        # index, which RocksDB keeps until a compaction reaches them, and a scan from the start
+        # steps over every one. A queue-like store (the callbacks stage re-arming a million
+        # waiting entries) made each due() slower by the minute until the stage stalled.
+        self._timer_floor = 0
+        self._expiry_floor = 0
         with _open_lock:
             _open_stores.add(self)
             _resize(len(_open_stores))
@@ -409,12 +417,15 @@ class DiskStore(Store):
     def due(self, now_ms: int, limit: int) -> list[str]:
         candidates: list[tuple[int, str]] = []
         it = self._db.iter()
-        it.seek(_TIMERS)
+        it.seek(_TIMERS + _U64.pack(self._timer_floor))
+        first = True
         while it.valid() and len(candidates) < limit:
             ikey: bytes = it.key()
             if not ikey.startswith(_TIMERS):
                 break
             due = _U64.unpack_from(ikey, 1)[0]
+            if first:
+                self._timer_floor, first = due, False
             if due > now_ms:
                 break
             candidates.append((due, ikey[9:].decode()))
@@ -439,14 +450,18 @@ class DiskStore(Store):
 
     def sweep(self, now_ms: int, limit: int) -> int:
         it = self._db.iter()
-        it.seek(_INDEX)
+        it.seek(_INDEX + _U64.pack(self._expiry_floor))
         removed = 0
         stale: list[bytes] = []
         while it.valid() and len(stale) < limit:
             ikey: bytes = it.key()
-            if not ikey.startswith(_INDEX) or _U64.unpack_from(ikey, 1)[0] > now_ms:
+            if not ikey.startswith(_INDEX):
                 break
             expires = _U64.unpack_from(ikey, 1)[0]
+            if not stale:
+                self._expiry_floor = expires  # the first live entry (deleted below if due)
+            if expires > now_ms:
+                break
             key = ikey[9:].decode()
             current = self._pending.get(key) or self._disk(key)
             if current is not None and current[0] is not None and current[1] == expires:
@@ -494,11 +509,14 @@ class DiskStore(Store):
             batch.delete(_DATA + bkey)
         else:
             batch.put(_DATA + bkey, raw)
-            if entry_expiry(raw) < _NO_EXPIRY:
+            expires = entry_expiry(raw)
+            if expires < _NO_EXPIRY:
                 batch.put(_INDEX + raw[:8] + bkey, b"")
+                self._expiry_floor = min(self._expiry_floor, expires)
             due = entry_timer(raw)
             if due is not None:
                 batch.put(_TIMERS + _U64.pack(due) + bkey, b"")
+                self._timer_floor = min(self._timer_floor, due)
 
     def checkpointed(self, changelog_end: int | None) -> None:
         from rocksdict import WriteBatch

@@ -304,3 +304,29 @@ def test_the_rocksdb_budget_follows_the_number_of_open_stores(tmp_path: Path):
         store.close()
     assert rocksdb_memory()["cache"]["capacity"] == before
     first.close()
+
+
+def test_a_timer_set_below_where_the_last_scan_began_is_found(store: Store):
+    """Scans start where the index's first live entry was last seen (past the deletion
+    tombstones of moved timers); a timer written earlier than that afterwards still fires."""
+    KeyState(store, "late", 0).set_timer(600)
+    store.checkpointed(1)
+    assert store.due(500, 10) == []  # the scan saw 600 first
+    KeyState(store, "early", 0).set_timer(200)
+    store.checkpointed(2)
+    assert store.due(500, 10) == ["early"]
+    assert store.due(700, 10) == ["early", "late"]
+
+
+def test_an_expiry_written_below_where_the_last_sweep_began_is_swept(tmp_path: Path):
+    """The expiry index likewise: an entry written after a sweep with an earlier expiry than
+    the first one that sweep saw is still removed when due."""
+    store = DiskStore("s", 0, 1_000, tmp_path / "db")
+    KeyState(store, "a", 5_000).set("x", 1)  # expires 6,000
+    store.checkpointed(1)
+    assert store.sweep(now_ms=2_000, limit=100) == 0  # the sweep saw 6,000 first
+    KeyState(store, "b", 0).set("x", 1)  # expires 1,000
+    store.checkpointed(2)
+    assert store.sweep(now_ms=2_000, limit=100) == 1
+    assert store.get("b", 1_500) is None and store.get("a", 2_000) == {"x": 1}
+    store.close()
