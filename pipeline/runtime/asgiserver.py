@@ -56,8 +56,7 @@ class _Uvicorn(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
-        if not self.lifespan.should_exit:  # the app's lifespan startup failed: not serving
-            self._owner._started()
+        self._owner._started()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         self._owner._on_stopping()
@@ -68,13 +67,10 @@ class AsgiServer:
     """``await serve()`` on a loop until :meth:`stop`; ``ready`` is set once it serves."""
 
     def __init__(self, app: ASGIApp, host: str, port: int, *, grace_s: float = 30.0,
-                 lifespan: bool = False,
                  on_started: Callable[[], None] | None = None,
                  on_stopping: Callable[[], None] | None = None) -> None:
         """``on_started`` runs on the loop once uvicorn serves, ``on_stopping`` once it begins
         to stop (before the listener closes, so :attr:`in_flight` is what the stop waits for).
-        ``lifespan``: run the app's lifespan (startup before serving, shutdown after the last
-        answer), for an app that owns its resources (the REST API's store and producer).
         """
         self._host, self._port = host, port
         self._on_started = on_started or (lambda: None)
@@ -83,8 +79,7 @@ class AsgiServer:
         self._app = app
         config = uvicorn.Config(
             self._counted, host=host, port=port, loop="none", http="httptools", ws="none",
-            lifespan="on" if lifespan else "off", interface="asgi3", log_config=None,
-            access_log=False,
+            lifespan="off", interface="asgi3", log_config=None, access_log=False,
             server_header=False, backlog=_BACKLOG, timeout_keep_alive=int(_KEEP_ALIVE_S),
             timeout_graceful_shutdown=int(grace_s),
             # X-Forwarded-For rewriting, on by default, is a middleware call per request; no
@@ -125,10 +120,7 @@ class AsgiServer:
 
     def stop(self) -> None:
         """Begin a graceful stop; safe from any thread, from a signal handler, and before
-        :meth:`serve` (which then starts, stops at once and returns). Called again while
-        stopping, it stops waiting for the requests in flight (an operator's second signal)."""
-        if self._server.should_exit:
-            self._server.force_exit = True
+        :meth:`serve` (which then starts, stops at once and returns)."""
         self._server.should_exit = True
 
     async def serve(self) -> None:

@@ -15,9 +15,8 @@ import uvloop
 from pydantic import SecretStr
 
 from pipeline.api.keys import ApiKey, KeyRing, new_key
-from pipeline.api.server import make_server
+from pipeline.api.server import ApiServer, make_server
 from pipeline.procutil import free_ports
-from pipeline.runtime.asgiserver import AsgiServer
 from pipeline.settings import Settings
 from tests.fixtures.waiting import until_sync
 
@@ -60,9 +59,9 @@ def api_settings(topics: Settings, database_url: str) -> Settings:
 
 
 class RunningApi:
-    """A started API server in a thread; ``stop()`` stops it as SIGTERM would."""
+    """A started ApiServer in a thread; ``stop()`` stops it as SIGTERM would."""
 
-    def __init__(self, server: AsgiServer, settings: Settings) -> None:
+    def __init__(self, server: ApiServer, settings: Settings) -> None:
         self.server, self.settings = server, settings
         self.url = f"http://127.0.0.1:{settings.api_port}"
         self._thread = threading.Thread(target=self._run, daemon=True, name="api-server")
@@ -76,14 +75,14 @@ class RunningApi:
 
     def start(self) -> RunningApi:
         self._thread.start()
-        until_sync(lambda: self.server.ready.is_set() or not self._thread.is_alive(), 60,
+        until_sync(lambda: self.server.started or not self._thread.is_alive(), 60,
                    "the API listening")
-        if self.error is not None or not self.server.ready.is_set():
+        if self.error is not None or not self.server.started:
             raise AssertionError(f"the API did not start: {self.error!r}")
         return self
 
     def stop(self) -> None:
-        self.server.stop()
+        self.server.should_exit = True
         self._thread.join(60)
         assert not self._thread.is_alive(), "the API did not stop"
 
@@ -104,7 +103,7 @@ def start_api(account_keys: tuple[list[ApiKey], dict[str, Credentials]]
 
     yield start
     for api in started:
-        if api.server.ready.is_set() and not api.server.stopping:
+        if api.server.started and not api.server.should_exit:
             api.stop()
 
 
