@@ -7,7 +7,7 @@ else happens per request (no Kafka, no store), so the figures are the stack's ow
 
 Each stack is written the way Telex would write it: FastAPI with a body model and a
 ``response_model``; Starlette with a pydantic ``TypeAdapter`` over the raw bytes; the
-hand-written ``bench.handwritten_http`` the same way as Starlette.
+hand-written ``pipeline.runtime.httpserver`` the same way as Starlette.
 """
 
 from __future__ import annotations
@@ -130,10 +130,10 @@ def starlette_app() -> Any:
 # --- the hand-written server (baseline) ----------------------------------------------------
 
 async def serve_handwritten(port: int) -> None:
-    """``bench.handwritten_http`` with the same endpoint, until cancelled."""
+    """``pipeline.runtime.httpserver`` with the same endpoint, until cancelled."""
     from pydantic import ValidationError
 
-    from bench.handwritten_http import HttpServer, Request, Response
+    from pipeline.runtime.httpserver import HttpServer, Request, Response
 
     json_type = "application/json"
 

@@ -7,7 +7,7 @@ Each run starts every candidate in turn (the order rotates run to run, so drift 
 on all of them) in its own process on a free port, serving ``bench.http_apps``: a POST whose
 ~300-byte JSON body is validated into a pydantic model and answered ``201`` with ~400 bytes of
 JSON, and a GET answered ``200`` with the same resource. The hand-written
-``bench.handwritten_http`` serves the same endpoint as the baseline, in the same run.
+``pipeline.runtime.httpserver`` serves the same endpoint as the baseline, in the same run.
 
 Per candidate and run:
 1. **closed loop**, ``--connections`` keep-alive connections each sending one request at a time

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from bench.handwritten_http import HttpServer, Request, Response
+from pipeline.runtime.httpserver import HttpServer, Request, Response
 
 
 async def _echo(request: Request) -> Response:

@@ -1,12 +1,4 @@
-"""A minimal asyncio HTTP/1.1 server: the hand-written baseline of ``bench.http_stack``.
-
-It served the status webhook receiver until session 7, which moved every Telex HTTP surface to
-Starlette on uvicorn (ADR 0006); it stays here only as the benchmark's baseline, not shipped in
-``pipeline``. Known defect, why it left: ``close()`` judges a connection idle from a flag its
-task sets only after ``readuntil`` resumes, so a request head already buffered can be dropped
-unanswered at stop.
-
-Its original rationale:
+"""A minimal asyncio HTTP/1.1 server for Telex's own endpoints (status webhooks).
 
 Why not ``http.server``: a thread per connection, and a handler that must block while Kafka
 acknowledges, cap a webhook receiver at a few hundred requests/s; here a waiting request costs a
