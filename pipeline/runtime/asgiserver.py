@@ -81,10 +81,7 @@ class AsgiServer:
             self._counted, host=host, port=port, loop="none", http="httptools", ws="none",
             lifespan="off", interface="asgi3", log_config=None, access_log=False,
             server_header=False, backlog=_BACKLOG, timeout_keep_alive=int(_KEEP_ALIVE_S),
-            timeout_graceful_shutdown=int(grace_s),
-            # X-Forwarded-For rewriting, on by default, is a middleware call per request; no
-            # Telex endpoint decides anything on the client address (logs show the peer).
-            proxy_headers=False)
+            timeout_graceful_shutdown=int(grace_s))
         self._server = _Uvicorn(config, self)
         self._bound: int | None = None
         self.ready = threading.Event()
