@@ -3,9 +3,8 @@
 ``telex worker webhooks`` (:func:`run`) serves, on ``TELEX_WEBHOOK_HOST:TELEX_WEBHOOK_PORT``:
 
 * ``POST /webhooks/<connector>``, ``<connector>`` a whatsapp connector of ``TELEX_CARRIERS_FILE``:
-  (1) unknown connector → 404; (2) body over 1 MiB → 413, unread (chunked: once past it), the
-  connection closed; (3) X-Hub-Signature-256 checked on the raw bytes with the connector's app
-  secret → 401, counted, logged without the body;
+  (1) unknown connector → 404; (2) body over 1 MiB → 413, unread; (3) X-Hub-Signature-256 checked
+  on the raw bytes with the connector's app secret → 401, counted, logged without the body;
   (4) parsed; a well-signed body that does not parse is dead-lettered to ``dlq-webhooks`` and
   answered 200, since it will never parse and a retry cannot help; (5) every status is produced
   as a CarrierReceipt keyed :func:`receipt_key`; (6) 200 once the broker has acknowledged every
@@ -14,10 +13,6 @@
 * ``GET /webhooks/<connector>``: Meta's subscription check (hub.mode, hub.verify_token,
   hub.challenge) against ``TELEX_WEBHOOK_VERIFY_TOKEN``; 403 when it is unset or differs.
 * ``GET /healthz``: 200 while serving, 503 while stopping.
-
-Served by Starlette on uvicorn inside the receiver's own loop (:mod:`pipeline.runtime.asgiserver`,
-docs/adr/0006); a stop lets every request whose head was read finish and answer (``connection:
-close``) before the producer is flushed and :meth:`WebhookReceiver.serve` returns.
 
 Guarantee: at-least-once. A provider retry after a lost 200 produces the receipts again, and
 the simulator and Meta duplicate statuses anyway; deduplication is reconciliation's job.
@@ -30,16 +25,11 @@ import functools
 import signal
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 
 import structlog
-import uvloop
 from confluent_kafka import KafkaError, Producer
 from prometheus_client import Counter, Histogram
-from starlette.applications import Starlette
-from starlette.requests import ClientDisconnect, Request
-from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Route
 
 from connectors.base import Receipt
 from connectors.http_channel import SIGNATURE_HEADER, WebhookSignatureError, verify_subscription
@@ -49,8 +39,8 @@ from pipeline.errors import ConfigError, TelexError
 from pipeline.metrics import DEAD_LETTERS
 from pipeline.producing import produce_waiting
 from pipeline.records import receipt_key
-from pipeline.runtime.asgiserver import AsgiServer
 from pipeline.runtime.deadletter import Provenance, dead_letter_headers, dead_letter_topic
+from pipeline.runtime.httpserver import HttpServer, Request, Response
 from pipeline.settings import Settings
 from pipeline.stages.dispatch.carriers import Carriers
 
@@ -67,7 +57,7 @@ RECEIPTS = Counter(
 REJECTED = Counter(
     "telex_webhook_rejected_total",
     "Webhook requests not turned into receipts, by reason (bad_signature, unknown_connector, "
-    "too_large, dead_lettered, not_acknowledged, bad_verify_token, handler_failed).",
+    "too_large, dead_lettered, not_acknowledged, http_4xx/5xx from the HTTP layer, ...).",
     ["connector", "reason"],
 )
 REQUEST_SECONDS = Histogram(
@@ -119,7 +109,7 @@ class WebhookReceiver:
     """
 
     def __init__(self, settings: Settings, app_secrets: Mapping[str, str],
-                 verify_token: str | None = None, *, grace_s: float = 30.0) -> None:
+                 verify_token: str | None = None) -> None:
         self._settings = settings
         self._secrets = dict(app_secrets)
         self._verify_token = verify_token or None
@@ -127,21 +117,14 @@ class WebhookReceiver:
         self._receipts_topic = settings.topic("carrier-receipts")
         self._dlq_topic = settings.topic(dead_letter_topic(STAGE))
         self._producer = Producer(settings.producer_config())
-        app = Starlette(routes=[
-            Route("/healthz", self._timed(self._health), methods=["GET"]),
-            Route("/webhooks/{connector}", self._timed(self._webhook), methods=["GET", "POST"]),
-        ])
-        app.router.redirect_slashes = False  # a redirected POST would be sent twice
-        self._http = AsgiServer(app, settings.webhook_host, settings.webhook_port,
-                                grace_s=grace_s, on_started=self._listening,
-                                on_stopping=self._stopping)
+        self._http = HttpServer(self._handle, settings.webhook_host, settings.webhook_port,
+                                on_refused=lambda reason: REJECTED.labels(_UNKNOWN, reason).inc())
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._stopping = False
+        self._stop_requested = False  # a signal may come before serve() has its loop
         self._polling = threading.Event()
-
-    @property
-    def ready(self) -> threading.Event:
-        """Set once serving: ``port`` is valid from then on."""
-        return self._http.ready
+        self.ready = threading.Event()  # set once listening: ``port`` is valid from then on
 
     @property
     def port(self) -> int:
@@ -149,12 +132,12 @@ class WebhookReceiver:
 
     @property
     def in_flight(self) -> int:
-        """Requests whose head was read and that are not answered yet."""
+        """Requests whose head has arrived and that are not answered yet."""
         return self._http.in_flight
 
     @property
     def received(self) -> int:
-        """Requests handed to the app so far (see :attr:`AsgiServer.received`)."""
+        """Request heads read so far (see :attr:`HttpServer.received`)."""
         return self._http.received
 
     @property
@@ -163,63 +146,57 @@ class WebhookReceiver:
         return self._http.accepting
 
     def stop(self) -> None:
-        """Begin a graceful stop; safe from any thread, from signal handlers, before serve()."""
-        self._http.stop()
+        """Begin a graceful stop; safe from any thread and from signal handlers."""
+        self._stop_requested = True
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
 
-    async def serve(self) -> None:
-        """Serve until :meth:`stop`; return once the requests in flight are answered and the
-        producer is flushed, so every webhook answered 200 is on the broker."""
+    async def serve(self, grace_s: float = 30.0) -> None:
+        """Serve until :meth:`stop`: then stop accepting, finish in-flight requests, flush."""
         self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        if self._stop_requested:
+            self._stop.set()
         self._polling.set()
         poller = threading.Thread(target=self._poll, name="webhooks-producer", daemon=True)
         poller.start()
         try:
-            await self._http.serve()
+            await self._http.start()
+            log.info("webhooks_listening", host=self._settings.webhook_host, port=self.port,
+                     connectors=sorted(self._secrets))
+            self.ready.set()
+            await self._stop.wait()
+            self._stopping = True
+            log.info("webhooks_stopping", in_flight=self.in_flight)
+            await self._http.close(grace_s)
         finally:
             left = await self._loop.run_in_executor(None, self._producer.flush, 10.0)
             self._polling.clear()
             poller.join(5)
             log.info("webhooks_stopped", unflushed=left)
 
-    def _listening(self) -> None:
-        log.info("webhooks_listening", host=self._settings.webhook_host, port=self.port,
-                 connectors=sorted(self._secrets))
-
-    def _stopping(self) -> None:
-        log.info("webhooks_stopping", in_flight=self.in_flight)
-
     # Requests --------------------------------------------------------------------------------
 
-    @staticmethod
-    def _timed(endpoint: Callable[[Request], Awaitable[Response]]
-               ) -> Callable[[Request], Awaitable[Response]]:
-        """The request's time into REQUEST_SECONDS; a handler bug answered 500 and logged (the
-        connection closed), never left to the framework's default page."""
-        async def timed(request: Request) -> Response:
-            started = time.perf_counter()
-            try:
-                return await endpoint(request)
-            except ClientDisconnect:  # the provider went away mid-body: nothing to answer
-                return _text(400, "client disconnected")
-            except Exception:
-                log.exception("http_handler_failed", method=request.method,
-                              path=request.url.path)
-                REJECTED.labels(_UNKNOWN, "handler_failed").inc()
-                return _text(500, "internal error", {"Connection": "close"})
-            finally:
-                REQUEST_SECONDS.observe(time.perf_counter() - started)
-        return timed
+    async def _handle(self, request: Request) -> Response:
+        started = time.perf_counter()
+        try:
+            return await self._route(request)
+        finally:
+            REQUEST_SECONDS.observe(time.perf_counter() - started)
 
-    async def _health(self, _request: Request) -> Response:
-        return _text(503, "stopping") if self._http.stopping else _text(200, "ok")
-
-    async def _webhook(self, request: Request) -> Response:
-        connector = request.path_params["connector"]
+    async def _route(self, request: Request) -> Response:
+        if request.path == "/healthz" and request.method == "GET":
+            return Response(503, b"stopping") if self._stopping else Response(200, b"ok")
+        prefix, _, connector = request.path.strip("/").partition("/")
+        if prefix != "webhooks" or not connector or "/" in connector:
+            return Response(404, b"not found")
         if connector not in self._secrets:
             REJECTED.labels(_UNKNOWN, "unknown_connector").inc()
-            return _text(404, "unknown connector")
+            return Response(404, b"unknown connector")
         if request.method == "GET":
-            return self._subscribe(connector, request.query_params)
+            return self._subscribe(connector, request.query)
+        if request.method != "POST":
+            return Response(405, b"method not allowed", headers={"Allow": "GET, POST"})
         return await self._receive(connector, request)
 
     def _subscribe(self, connector: str, query: Mapping[str, str]) -> Response:
@@ -229,29 +206,25 @@ class WebhookReceiver:
             REJECTED.labels(connector, "bad_verify_token").inc()
             log.warning("webhook_subscription_refused", connector=connector,
                         token_configured=self._verify_token is not None)
-            return _text(403, "forbidden")
+            return Response(403, b"forbidden")
         log.info("webhook_subscription_verified", connector=connector)
-        return _text(200, challenge)
+        return Response(200, challenge.encode())
 
     async def _receive(self, connector: str, request: Request) -> Response:
-        body = await _body_within(request, MAX_BODY)
-        if body is None:
+        if request.content_length > MAX_BODY:
             REJECTED.labels(connector, "too_large").inc()
-            log.warning("webhook_too_large", connector=connector,
-                        content_length=request.headers.get("content-length"))
-            # Closing the connection: the body (unread, or read only in part) is not received.
-            return _text(413, "body over 1 MiB", {"Connection": "close"})
+            log.warning("webhook_too_large", connector=connector, bytes=request.content_length)
+            return Response(413, b"body over 1 MiB")
+        body = await request.body()
         received_ms = time.time_ns() // 1_000_000
         try:
             receipts = read_receipts(connector, self._secrets[connector], body,
-                                     request.headers.get(SIGNATURE_HEADER))
+                                     request.headers.get(SIGNATURE_HEADER.lower()))
         except WebhookSignatureError:
             REJECTED.labels(connector, "bad_signature").inc()
-            client = request.client
             log.warning("webhook_bad_signature", connector=connector, bytes=len(body),
-                        peer=f"{client.host}:{client.port}" if client else None,
-                        signed=SIGNATURE_HEADER in request.headers)
-            return _text(401, "bad signature")
+                        peer=request.peer, signed=SIGNATURE_HEADER.lower() in request.headers)
+            return Response(401, b"bad signature")
         except UnparseableWebhook as exc:
             return await self._dead_letter(connector, body, exc.cause, received_ms)
         try:
@@ -262,13 +235,13 @@ class WebhookReceiver:
             REJECTED.labels(connector, "not_acknowledged").inc()
             log.error("webhook_not_acknowledged", connector=connector, error=str(exc),
                       receipts=len(receipts))
-            return _text(503, "not stored, retry", {"Retry-After": "5"})
+            return Response(503, b"not stored, retry", headers={"Retry-After": "5"})
         for r in receipts:
             RECEIPTS.labels(connector, r.status.value).inc()
         log.debug("webhook_receipts", connector=connector,
                   carrier_message_ids=[r.carrier_message_id for r in receipts],
                   message_ids=[r.message_id for r in receipts])
-        return _text(200, "ok")
+        return Response(200, b"ok")
 
     async def _dead_letter(self, connector: str, body: bytes, error: Exception,
                            received_ms: int) -> Response:
@@ -279,13 +252,13 @@ class WebhookReceiver:
         except NotAcknowledged as exc:
             REJECTED.labels(connector, "not_acknowledged").inc()
             log.error("webhook_not_acknowledged", connector=connector, error=str(exc))
-            return _text(503, "not stored, retry", {"Retry-After": "5"})
+            return Response(503, b"not stored, retry", headers={"Retry-After": "5"})
         REJECTED.labels(connector, "dead_lettered").inc()
         DEAD_LETTERS.labels(STAGE, type(error).__name__).inc()
         log.warning("webhook_dead_lettered", connector=connector, bytes=len(body),
                     error_class=type(error).__name__, error=str(error), topic=self._dlq_topic,
                     answered=200, why="well signed but unparseable: a retry cannot help")
-        return _text(200, "dead-lettered")
+        return Response(200, b"dead-lettered")
 
     # Producing -------------------------------------------------------------------------------
 
@@ -316,24 +289,6 @@ class WebhookReceiver:
     def _poll(self) -> None:
         while self._polling.is_set():
             self._producer.poll(0.1)
-
-
-def _text(status: int, text: str, headers: Mapping[str, str] | None = None) -> Response:
-    return PlainTextResponse(text, status, headers)
-
-
-async def _body_within(request: Request, limit: int) -> bytes | None:
-    """The whole body, or None once it is known to exceed ``limit``: from Content-Length
-    before a byte is read, else (chunked) as soon as the bytes received pass it."""
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > limit:
-        return None
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            return None
-    return bytes(body)
 
 
 def _settle(future: asyncio.Future[None], err: KafkaError | None) -> None:
@@ -368,6 +323,5 @@ def run(settings: Settings) -> int:
             loop.add_signal_handler(sig, receiver.stop)
         await receiver.serve()
 
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:  # ADR 0006: uvloop
-        runner.run(main())
+    asyncio.run(main())
     return 0
