@@ -55,7 +55,10 @@ def api_settings(topics: Settings, database_url: str) -> Settings:
     """The test's topics, its own PostgreSQL schema, a free port."""
     return topics.model_copy(update={
         "database_url": SecretStr(database_url), "pg_schema": f"t_{uuid.uuid4().hex[:10]}",
-        "api_port": free_ports(1)[0], "api_rate": 1000.0, "api_burst": 1000.0})
+        "api_port": free_ports(1)[0], "api_rate": 1000.0, "api_burst": 1000.0,
+        # A cold producer's first publish waits for its idempotent PID, seconds on a fresh,
+        # loaded test broker: the default wait answered a test's first POST 503 in CI.
+        "api_publish_timeout_s": 30.0})
 
 
 class RunningApi:

@@ -30,7 +30,10 @@ def test_broker_down_is_503_and_nothing_is_published_after_it_returns(
         kafka_bootstrap_servers=broker.start(), topic_prefix=f"t{uuid.uuid4().hex[:8]}.",
         partitions=1, state_dir=str(tmp_path / "state"),
         database_url=SecretStr(database_url), pg_schema=f"t_{uuid.uuid4().hex[:10]}",
-        api_port=free_ports(1)[0], api_publish_timeout_s=2.0)
+        # Long enough for the API's producer to start (its first idempotent PID) and, after the
+        # restart, to reconnect (librdkafka's reconnect backoff reaches 10 s) on a loaded box:
+        # those two POSTs must not 503 for want of time; the one while stopped still does.
+        api_port=free_ports(1)[0], api_publish_timeout_s=20.0)
     apply_topics(admin_client(settings), catalogue(settings))
     api = start_api(settings)
     who = creds[ACCOUNT_A]
