@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import random
 import signal
 import socket
 import threading
@@ -41,6 +42,40 @@ def free_ports(count: int) -> list[int]:
         for s in socks:
             s.bind(("127.0.0.1", 0))
         return [s.getsockname()[1] for s in socks]
+
+
+def listen_ports(count: int, rng: random.Random | None = None) -> list[int]:
+    """Free ports on 127.0.0.1 below the kernel's ephemeral range, all held together so they
+    differ: for a server that must come back on its port after a crash (the dev broker). A port
+    from the ephemeral range can be taken, while the server is down, as the local port of any
+    outgoing connection on the machine; a restart then fails with "Address already in use"."""
+    low = _ephemeral_low()
+    rng = rng or random.Random()
+    chosen: list[int] = []
+    with contextlib.ExitStack() as stack:
+        for _ in range(count * 50):
+            if len(chosen) == count:
+                break
+            port = rng.randrange(max(1024, low // 3), low)
+            if port in chosen:
+                continue
+            sock = stack.enter_context(socket.socket())
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            chosen.append(port)
+    if len(chosen) < count:
+        return free_ports(count)  # nothing free below the range: the kernel's choice
+    return chosen
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
 
 
 _M_ARENA_MAX = -8  # mallopt parameter (glibc malloc.h)

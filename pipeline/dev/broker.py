@@ -31,7 +31,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from pipeline.errors import BrokerError
-from pipeline.procutil import die_with_parent, free_ports
+from pipeline.procutil import die_with_parent, listen_ports
 
 __all__ = [
     "KAFKA_VERSION",
@@ -280,7 +280,7 @@ class DevBroker:
     ) -> None:
         self._owns_data_dir = data_dir is None
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="telex-kafka-")).resolve()
-        free = iter(free_ports(2) if port is None or controller_port is None else ())
+        free = iter(listen_ports(2) if port is None or controller_port is None else ())
         self.port = port or next(free)
         self.controller_port = controller_port or next(free)
         self.heap = heap

@@ -84,3 +84,17 @@ def test_the_periodic_trim_runs_until_stopped():
     until_sync(lambda: len(calls) >= 3, 10, "three trims")
     stop.set()
     assert set(calls) == {"malloc-trim"}
+
+
+def test_listen_ports_are_free_distinct_and_below_the_ephemeral_range() -> None:
+    """A dev broker's ports: bindable now, all different, and never ones an outgoing
+    connection could take as its local port while the broker is down."""
+    import socket
+
+    from pipeline.procutil import _ephemeral_low, listen_ports
+
+    ports = listen_ports(3)
+    assert len(set(ports)) == 3 and all(p < _ephemeral_low() for p in ports)
+    for port in ports:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))
